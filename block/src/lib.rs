@@ -1,0 +1,1 @@
+//! virtio-blk device logic and the `block-device` vhost-user backend.

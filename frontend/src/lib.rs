@@ -1,0 +1,1 @@
+//! The vhost-user frontend library (used by tests, benchmarks and the VMM) and the KVM VMM.

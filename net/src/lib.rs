@@ -1,0 +1,1 @@
+//! virtio-net device logic and the `net-device` vhost-user backend.

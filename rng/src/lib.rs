@@ -1,0 +1,1 @@
+//! virtio-rng device logic and the `rng-device` vhost-user backend.

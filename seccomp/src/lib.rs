@@ -1,0 +1,1 @@
+//! Minijail-compatible seccomp policy compiler, BPF emitter and the process jail.

@@ -1,0 +1,1 @@
+//! virtio-console device logic and the `serial-device` vhost-user backend.

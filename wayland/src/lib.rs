@@ -1,0 +1,1 @@
+//! virtio-wl device logic and the `wayland-device` vhost-user backend.
