@@ -2,6 +2,9 @@
 
 use clap::{Parser, Subcommand};
 
+mod device;
+mod devices;
+
 /// Sandboxed virtio device backends over vhost-user, and a lean KVM VMM.
 #[derive(Parser, Debug)]
 #[command(name = "cordon", version, about, long_about = None)]
@@ -12,9 +15,21 @@ struct Cli {
 
 /// Every `cordon` subcommand; each lives in its own module.
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Run one vhost-user device backend: `cordon device <kind> --socket-path PATH ...`.
+    Device(device::DeviceCmd),
+}
 
-fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match Cli::parse().command {}
+fn main() -> std::process::ExitCode {
+    cordon_backends::device::init_logging();
+    let result = match Cli::parse().command {
+        Command::Device(cmd) => device::run(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cordon: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
