@@ -21,9 +21,6 @@ use virtio_bindings::bindings::virtio_ring::{
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
 
 use crate::frame::{validate_tx, VnetHdr, MAX_FRAME, VNET_HDR_LEN};
 use crate::tap::*;
@@ -90,7 +87,6 @@ pub struct NetDevice {
     tap: Tap,
     epoll: Epoll,
     inner: Mutex<Inner>,
-    exit: (EventConsumer, EventNotifier),
 }
 
 impl NetDevice {
@@ -138,7 +134,6 @@ impl NetDevice {
                 EpollEvent::new(EventSet::empty(), i as u64),
             )?;
         }
-        let exit = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
         let dev = NetDevice {
             cfg,
             tap,
@@ -152,7 +147,6 @@ impl NetDevice {
                 tx_errors: 0,
                 rx_too_big: 0,
             }),
-            exit,
         };
         Ok(dev)
     }
@@ -585,10 +579,6 @@ impl VhostUserBackend for NetDevice {
         Ok(())
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
-    }
-
     fn handle_event(
         &self,
         device_event: u16,
@@ -600,5 +590,22 @@ impl VhostUserBackend for NetDevice {
             error!("net: queue processing failed: {e}");
         }
         Ok(())
+    }
+}
+
+impl cordon_backends::Backend for NetDevice {
+    fn connected(
+        &self,
+        workers: Vec<std::sync::Arc<dyn cordon_backends::EventRegistrar>>,
+    ) -> io::Result<()> {
+        let w = workers
+            .first()
+            .ok_or_else(|| io::Error::other("no vring worker"))?;
+        w.register(self.host_event_fd(), EventSet::IN, self.host_event() as u64)
+    }
+
+    fn disconnected(&self) {
+        self.reset_device();
+        self.lock().mem = None;
     }
 }

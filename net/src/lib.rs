@@ -6,10 +6,12 @@
 
 pub mod device;
 pub mod frame;
+pub mod kind;
 pub mod options;
 pub mod tap;
 
 pub use device::{NetConfig, NetDevice, TapSource};
+pub use kind::KIND;
 
 #[cfg(test)]
 #[path = "../../vsock/src/guestq.rs"]

@@ -46,38 +46,6 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 impl NetOptions {
-    /// Parses crosvm-style `tap-name=tap0,host-ip=10.0.0.1,netmask=255.255.255.0,mac=..,queues=N`
-    /// or `tap-fd=N`.
-    pub fn from_kv(s: &str) -> Result<NetOptions, String> {
-        let mut o = NetOptions {
-            queues: 1,
-            ..Default::default()
-        };
-        for kv in s.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| format!("net option `{kv}` is not key=value"))?;
-            let ip = |v: &str| {
-                v.parse::<Ipv4Addr>()
-                    .map_err(|_| format!("net {k}=`{v}` is not an IPv4 address"))
-            };
-            match k {
-                "tap-name" => o.tap_name = Some(v.to_string()),
-                "tap-fd" => o.tap_fd = Some(v.parse().map_err(|_| format!("net tap-fd=`{v}` is not a number"))?),
-                "host-ip" => o.host_ip = Some(ip(v)?),
-                "netmask" => o.netmask = Some(ip(v)?),
-                "mac" => o.mac = Some(parse_mac(v)?),
-                "queues" => o.queues = v.parse().map_err(|_| format!("net queues=`{v}` is not a number"))?,
-                _ => {
-                    return Err(format!(
-                        "unknown net option `{k}` (accepted: tap-name, tap-fd, host-ip, netmask, mac, queues)"
-                    ))
-                }
-            }
-        }
-        Ok(o)
-    }
-
     /// The device configuration these options describe.
     pub fn config(&self) -> Result<NetConfig, String> {
         let tap = match (&self.tap_name, self.tap_fd) {

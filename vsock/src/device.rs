@@ -14,9 +14,6 @@ use virtio_bindings::bindings::virtio_ring::{
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
 
 use crate::muxer::Muxer;
 use crate::packet::{Header, HDR_LEN, MAX_PKT_PAYLOAD};
@@ -56,7 +53,6 @@ struct Inner {
 pub struct VsockDevice {
     cfg: VsockConfig,
     inner: Mutex<Inner>,
-    exit: (EventConsumer, EventNotifier),
 }
 
 impl VsockDevice {
@@ -72,7 +68,6 @@ impl VsockDevice {
             ));
         }
         let muxer = Muxer::new(cfg.guest_cid, &cfg.uds_path)?;
-        let exit = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
         Ok(VsockDevice {
             cfg,
             inner: Mutex::new(Inner {
@@ -81,7 +76,6 @@ impl VsockDevice {
                 muxer,
                 buf: Vec::new(),
             }),
-            exit,
         })
     }
 
@@ -309,12 +303,6 @@ impl VhostUserBackend for VsockDevice {
         Ok(())
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        let c = self.exit.0.try_clone().ok()?;
-        let n = self.exit.1.try_clone().ok()?;
-        Some((c, n))
-    }
-
     fn handle_event(
         &self,
         device_event: u16,
@@ -330,5 +318,23 @@ impl VhostUserBackend for VsockDevice {
             error!("vsock: queue processing failed: {e}");
         }
         Ok(())
+    }
+}
+
+impl cordon_backends::Backend for VsockDevice {
+    fn connected(
+        &self,
+        workers: Vec<std::sync::Arc<dyn cordon_backends::EventRegistrar>>,
+    ) -> io::Result<()> {
+        let w = workers
+            .first()
+            .ok_or_else(|| io::Error::other("no vring worker"))?;
+        w.register(self.host_event_fd(), EventSet::IN, HOST_EVENT as u64)
+    }
+
+    fn disconnected(&self) {
+        let mut inner = self.lock();
+        inner.muxer.reset();
+        inner.mem = None;
     }
 }

@@ -7,11 +7,13 @@
 
 pub mod conn;
 pub mod device;
+pub mod kind;
 pub mod muxer;
 pub mod options;
 pub mod packet;
 
 pub use device::{VsockConfig, VsockDevice};
+pub use kind::KIND;
 
 #[cfg(test)]
 pub(crate) mod guestq;
