@@ -3,4 +3,4 @@
 use cordon_backends::DeviceKind;
 
 /// Every device kind the CLI knows. Device crates add their `KIND` here.
-pub static KINDS: &[&dyn DeviceKind] = &[&cordon_rng::KIND];
+pub static KINDS: &[&dyn DeviceKind] = &[&cordon_rng::KIND, &cordon_net::KIND, &cordon_vsock::KIND];
