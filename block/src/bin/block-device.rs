@@ -1,0 +1,2 @@
+//! `block-device`: placeholder until the shared serving lands.
+fn main() {}
