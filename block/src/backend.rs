@@ -45,6 +45,14 @@ impl BlockBackend {
         &self.device
     }
 
+    /// Drop per-connection state (guest memory, EVENT_IDX) after a frontend went away.
+    pub fn forget_connection(&self) {
+        if let Ok(mut m) = self.mem.write() {
+            *m = None;
+        }
+        self.event_idx.store(false, Ordering::Relaxed);
+    }
+
     fn process(&self, idx: usize, vring: &VringRwLock) -> io::Result<()> {
         let Some(atomic) = self.mem.read().map_err(|_| poisoned())?.clone() else {
             warn!("block: queue {idx} kicked before the memory table was set");
