@@ -2,6 +2,10 @@
 
 use clap::{Parser, Subcommand};
 
+mod device;
+mod devices;
+mod seccomp;
+
 /// Sandboxed virtio device backends over vhost-user, and a lean KVM VMM.
 #[derive(Parser, Debug)]
 #[command(name = "cordon", version, about, long_about = None)]
@@ -12,9 +16,24 @@ struct Cli {
 
 /// Every `cordon` subcommand; each lives in its own module.
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Run one vhost-user device backend: `cordon device <kind> --socket-path PATH ...`.
+    Device(device::DeviceCmd),
+    /// Lint, compile, disassemble, simulate, measure and generate seccomp policies.
+    Seccomp(seccomp::SeccompCmd),
+}
 
-fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match Cli::parse().command {}
+fn main() -> std::process::ExitCode {
+    cordon_backends::device::init_logging();
+    let result = match Cli::parse().command {
+        Command::Device(cmd) => device::run(cmd),
+        Command::Seccomp(cmd) => seccomp::run(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cordon: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
