@@ -265,7 +265,7 @@ impl BlockDevice {
 
     /// Data must be whole sectors and lie inside the disk.
     fn range_ok(&self, sector: u64, len: u64) -> bool {
-        if len % SECTOR_SIZE != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE) {
             return false;
         }
         match sector.checked_add(len >> SECTOR_SHIFT) {
@@ -288,7 +288,7 @@ impl BlockDevice {
             return (VIRTIO_BLK_S_UNSUPP, 0);
         }
         let total = total_len(&s.readable);
-        if total == 0 || total % DISCARD_SEGMENT_SIZE as u64 != 0 {
+        if total == 0 || !total.is_multiple_of(DISCARD_SEGMENT_SIZE as u64) {
             return (VIRTIO_BLK_S_IOERR, 0);
         }
         let count = total / DISCARD_SEGMENT_SIZE as u64;

@@ -232,12 +232,13 @@ impl DiskImage {
 }
 
 fn direct_ok(offset: u64, len: usize) -> bool {
-    offset % DIRECT_ALIGN as u64 == 0 && len % DIRECT_ALIGN == 0
+    offset.is_multiple_of(DIRECT_ALIGN as u64) && len.is_multiple_of(DIRECT_ALIGN)
 }
 
 fn iov_aligned(iov: &[libc::iovec]) -> bool {
-    iov.iter()
-        .all(|v| (v.iov_base as usize) % DIRECT_ALIGN == 0 && v.iov_len % DIRECT_ALIGN == 0)
+    iov.iter().all(|v| {
+        (v.iov_base as usize).is_multiple_of(DIRECT_ALIGN) && v.iov_len.is_multiple_of(DIRECT_ALIGN)
+    })
 }
 
 fn scatter(mut src: &[u8], iov: &[libc::iovec]) {

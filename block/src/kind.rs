@@ -201,6 +201,9 @@ mod tests {
         let o = a.options().unwrap();
         assert!(o.read_only);
         assert_eq!(o.num_queues, 4);
-        assert!(BlockArgs::try_parse_from(["block-device", "--file", "x", "--num-queues", "0"]).is_err());
+        assert!(
+            BlockArgs::try_parse_from(["block-device", "--file", "x", "--num-queues", "0"])
+                .is_err()
+        );
     }
 }
