@@ -137,7 +137,7 @@ impl Endpoint {
         })?;
         Ok(Endpoint::Listener {
             listener,
-            remove: Some(RemoveOnDrop(path.to_path_buf())),
+            remove: Some(RemoveOnDrop::new(path)),
         })
     }
 
@@ -190,13 +190,77 @@ impl Endpoint {
     }
 }
 
-/// Removes a socket file we created when dropped.
+/// Removes a socket file we created when dropped (or on [`remove`](Self::remove)).
+///
+/// Holds an `O_PATH` descriptor of the socket's directory, opened before the jail, so the
+/// file can still be unlinked from inside the jail, where the path is not visible.
 #[derive(Debug)]
-pub struct RemoveOnDrop(pub PathBuf);
+pub struct RemoveOnDrop {
+    path: PathBuf,
+    dir: Option<OwnedFd>,
+    name: std::ffi::CString,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl RemoveOnDrop {
+    /// Guards the socket file at `path`.
+    pub fn new(path: &Path) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let dir = std::ffi::CString::new(parent.as_os_str().as_bytes())
+            .ok()
+            .and_then(|c| {
+                // SAFETY: open with a valid NUL-terminated path.
+                let fd = unsafe {
+                    libc::open(
+                        c.as_ptr(),
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                    )
+                };
+                // SAFETY: a non-negative fd was just returned to us.
+                (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+            });
+        let name = path
+            .file_name()
+            .and_then(|n| std::ffi::CString::new(n.as_bytes()).ok())
+            .unwrap_or_default();
+        RemoveOnDrop {
+            path: path.to_path_buf(),
+            dir,
+            name,
+            done: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The guarded path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Unlinks the socket file now (once).
+    pub fn remove(&self) {
+        use std::os::fd::AsRawFd;
+        if self.done.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        match &self.dir {
+            // SAFETY: unlinkat with a valid directory fd and NUL-terminated name.
+            Some(dir) if !self.name.as_bytes().is_empty() => unsafe {
+                libc::unlinkat(dir.as_raw_fd(), self.name.as_ptr(), 0);
+            },
+            _ => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        self.remove();
     }
 }
 

@@ -13,6 +13,7 @@ pub mod relay;
 pub mod sandbox;
 pub mod serve;
 pub mod served;
+pub mod signals;
 
 pub use connection::{Connection, ConnectionArgs, Endpoint};
 pub use device::{CommonArgs, DeviceKind, OpenedDevice};

@@ -69,8 +69,8 @@ pub enum ServeError {
     /// The jail could not be entered.
     #[error(transparent)]
     Jail(#[from] crate::sandbox::JailError),
-    /// Setting up the `--fd` relay failed.
-    #[error("cannot serve the inherited socket: {0}")]
+    /// Setting up the `--fd` relay or the signal thread failed.
+    #[error("cannot set up serving: {0}")]
     Relay(io::Error),
     /// The vhost-user daemon could not be created or could not accept.
     #[error("vhost-user daemon: {0}")]
@@ -99,19 +99,30 @@ pub fn serve<B: Backend>(
         opts.name.clone()
     };
     // Keep the endpoint alive (it removes its socket file on drop).
-    let (mut listener, relay, single, _keep) = match endpoint {
-        Endpoint::Listener { listener, remove } => {
-            (Listener::from(listener), None, opts.once, remove)
-        }
+    let (mut listener, relay, single, keep) = match endpoint {
+        Endpoint::Listener { listener, remove } => (
+            Listener::from(listener),
+            None,
+            opts.once,
+            remove.map(Arc::new),
+        ),
         Endpoint::Stream(stream) => {
             let relay = Relay::new(stream).map_err(ServeError::Relay)?;
             let l = relay.listener.try_clone().map_err(ServeError::Relay)?;
             (Listener::from(l), Some(relay), true, None)
         }
     };
+    crate::signals::block_termination_signals().map_err(ServeError::Relay)?;
     if let Some(jail) = &opts.jail {
         jail.enter()?;
     }
+    let guard = keep.clone();
+    crate::signals::exit_on_termination(name.clone(), move || {
+        if let Some(g) = guard {
+            g.remove();
+        }
+    })
+    .map_err(ServeError::Relay)?;
     if let Some(relay) = relay {
         relay.start().map_err(ServeError::Relay)?;
     }
@@ -147,6 +158,9 @@ pub fn serve<B: Backend>(
             Err(e) => log::warn!("{name}: frontend dropped after an error: {e}"),
         }
         if single {
+            if let Some(k) = &keep {
+                k.remove();
+            }
             return outcome.map_err(ServeError::Connection);
         }
     }

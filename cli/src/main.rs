@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod device;
 mod devices;
+mod seccomp;
 
 /// Sandboxed virtio device backends over vhost-user, and a lean KVM VMM.
 #[derive(Parser, Debug)]
@@ -18,12 +19,15 @@ struct Cli {
 enum Command {
     /// Run one vhost-user device backend: `cordon device <kind> --socket-path PATH ...`.
     Device(device::DeviceCmd),
+    /// Lint, compile, disassemble, simulate, measure and generate seccomp policies.
+    Seccomp(seccomp::SeccompCmd),
 }
 
 fn main() -> std::process::ExitCode {
     cordon_backends::device::init_logging();
     let result = match Cli::parse().command {
         Command::Device(cmd) => device::run(cmd),
+        Command::Seccomp(cmd) => seccomp::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
