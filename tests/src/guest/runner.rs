@@ -128,7 +128,9 @@ impl GuestRunner {
     }
 
     /// Attaches a vhost-user console backend (virtio id 3, 2 queues) via
-    /// `vhost-user-device-pci`; the guest sees /dev/hvc0.
+    /// `vhost-user-device-pci`; the guest sees /dev/hvc0. Needs a QEMU that lets users
+    /// create `vhost-user-device-pci`: Debian's QEMU 10 does not (the run then fails with
+    /// "expects a pluggable device type"); use runner B with Cordon's VMM instead.
     pub fn vhost_user_console(self, socket: impl AsRef<Path>) -> Self {
         self.vhost_user_device(socket, 3, 2, 0)
     }
@@ -390,7 +392,13 @@ impl RunningGuest {
     /// An error quoting the console tail and the VMM's own output.
     pub fn failure(&self, what: &str) -> anyhow::Error {
         let console = self.console();
-        let qemu = read_log(&self.qemu_log);
+        let mut qemu = read_log(&self.qemu_log);
+        if qemu.contains("vhost-user-device-pci") && qemu.contains("pluggable device type") {
+            qemu.push_str(
+                "\n(hint: this QEMU does not let users create vhost-user-device-pci; \
+                 attach the device through runner B with Cordon's VMM instead)",
+            );
+        }
         anyhow::anyhow!(
             "guest {what} after {:.1} s\n--- console tail ({}) ---\n{}\n--- vmm output ({}) ---\n{}",
             self.start.elapsed().as_secs_f64(),
