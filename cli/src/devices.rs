@@ -2,5 +2,11 @@
 
 use cordon_backends::DeviceKind;
 
-/// Every device kind the CLI knows. Device crates add their `KIND` here.
-pub static KINDS: &[&dyn DeviceKind] = &[&cordon_rng::KIND, &cordon_net::KIND, &cordon_vsock::KIND];
+/// Every device kind the CLI knows. Device crates add their `KIND` here (one per line).
+pub static KINDS: &[&dyn DeviceKind] = &[
+    &cordon_rng::KIND,
+    &cordon_serial::KIND,
+    &cordon_block::KIND,
+    &cordon_net::KIND,
+    &cordon_vsock::KIND,
+];
