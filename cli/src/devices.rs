@@ -6,6 +6,7 @@ use cordon_backends::DeviceKind;
 pub static KINDS: &[&dyn DeviceKind] = &[
     &cordon_rng::KIND,
     &cordon_serial::KIND,
+    &cordon_block::KIND,
     &cordon_net::KIND,
     &cordon_vsock::KIND,
 ];
