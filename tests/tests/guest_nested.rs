@@ -34,7 +34,10 @@ qemu-system-x86_64 -L /usr/share/qemu -M microvm,rtc=off,pcie=on,memory-backend=
   -chardev socket,id=rng,path=/tmp/rng.sock -device vhost-user-rng-pci,chardev=rng \
   -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$L2_CMDLINE"
 rc=$?
-grep -E '^(NoNewPrivs|CapEff)' /proc/$rng/status | sed 's/^/L1-RNG-JAIL /'
+# The jailed device is the leaf of rng-device's process chain.
+p=$rng
+while set -- $(cat /proc/$p/task/$p/children 2>/dev/null) && [ $# = 1 ]; do p=$1; done
+grep -E '^(NoNewPrivs|CapEff)' /proc/$p/status | sed 's/^/L1-RNG-JAIL /'
 sed 's/^/L1-RNG-LOG /' /tmp/rng.log; exit $rc
 "#;
 
