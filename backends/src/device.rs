@@ -66,6 +66,7 @@ pub fn run_opened(
         config: SandboxConfig::from(&common.sandbox),
         policy: dev.policy(),
         mounts: dev.mounts(),
+        keep_fds: None,
     };
     let opts = ServeOptions {
         name: name.to_string(),

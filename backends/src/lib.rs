@@ -7,7 +7,6 @@
 pub mod connection;
 pub mod device;
 pub mod kv;
-pub mod policy;
 pub mod queue;
 pub mod relay;
 pub mod sandbox;
