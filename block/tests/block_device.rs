@@ -63,9 +63,24 @@ fn setup() -> Setup {
     }
 }
 
+/// The device command; `BLOCK_DEVICE_WRAPPER` (e.g. `strace -f -o /tmp/blk.trace`) prefixes
+/// it, to collect syscall traces for the seccomp policy.
+fn device_command() -> Command {
+    let bin = env!("CARGO_BIN_EXE_block-device");
+    match std::env::var("BLOCK_DEVICE_WRAPPER") {
+        Ok(w) if !w.trim().is_empty() => {
+            let mut parts = w.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap_or("env"));
+            c.args(parts).arg(bin);
+            c
+        }
+        _ => Command::new(bin),
+    }
+}
+
 fn spawn(s: &Setup, file_arg: &str, extra: &[&str]) -> Kill {
     Kill(
-        Command::new(env!("CARGO_BIN_EXE_block-device"))
+        device_command()
             .args([
                 "--socket-path",
                 s.sock.to_str().unwrap(),
