@@ -238,7 +238,7 @@ fn enter_jails_the_current_process() {
 fn works_without_root_through_a_user_namespace() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("data"), b"for nobody").expect("write");
-    // SAFETY: chmod of our own temp dir so that `nobody` may traverse it.
+    // Let `nobody` traverse our temp dir.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let data = dir.path().join("data");
