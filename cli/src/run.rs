@@ -1,0 +1,84 @@
+//! `cordon run`: boot a Linux guest in Cordon's KVM VMM.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use cordon_frontend::vmm::{ConsoleOutput, Vm, VmConfig};
+
+/// Default kernel command line: serial console, i8042 reboot (the VMM exits cleanly on
+/// it), reboot immediately on panic.
+pub const DEFAULT_PARAMS: &str = "console=ttyS0 reboot=k panic=-1";
+
+/// Options of `cordon run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Kernel to boot: a bzImage (64-bit boot protocol) or an uncompressed vmlinux ELF.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk (cpio archive, optionally compressed).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STRING", default_value = DEFAULT_PARAMS)]
+    pub params: String,
+    /// Guest memory in MiB (32..=1048576).
+    #[arg(long, value_name = "MiB", default_value_t = 512)]
+    pub mem: u64,
+    /// Number of vCPUs (1..=32).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u8,
+    /// Do not forward stdin to the guest's serial console.
+    #[arg(long)]
+    pub no_console_input: bool,
+}
+
+/// Checks the files before any KVM work, so a typo gives a one-line error at once.
+fn preflight(a: &RunArgs) -> Result<()> {
+    readable_file("--kernel", &a.kernel)?;
+    if let Some(i) = &a.initrd {
+        readable_file("--initrd", i)?;
+    }
+    Ok(())
+}
+
+fn readable_file(flag: &str, p: &std::path::Path) -> Result<()> {
+    match std::fs::File::open(p).and_then(|f| f.metadata()) {
+        Err(e) => bail!("{flag} {}: {e}", p.display()),
+        Ok(m) if !m.is_file() => bail!("{flag} {}: not a regular file", p.display()),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Entry point of `cordon run`: runs the VM, prints any setup error as one line, and
+/// returns the process exit code.
+pub fn main(a: RunArgs) -> i32 {
+    match run(a) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cordon run: error: {e:#}");
+            1
+        }
+    }
+}
+
+/// Runs the VM; returns the process exit code (0 when the guest rebooted/powered off or
+/// was stopped, non-zero on a crash or VMM error).
+pub fn run(a: RunArgs) -> Result<i32> {
+    preflight(&a)?;
+    let mut vm = Vm::new(VmConfig {
+        mem_mib: a.mem,
+        cpus: a.cpus,
+        console: ConsoleOutput::Stdout,
+        console_input: !a.no_console_input,
+    })?;
+    vm.load_kernel(&a.kernel, a.initrd.as_deref(), &a.params)?;
+    let reason = vm.run();
+    let code = reason.exit_code();
+    if code == 0 {
+        log::info!("VM ended: {reason}");
+    } else {
+        log::error!("VM ended: {reason}");
+    }
+    Ok(code)
+}
