@@ -45,6 +45,13 @@ rm -rf "$W/l1-root"; mkdir -p "$W/l1-root"/{bin,guest}
 cp "$cordon" "$W/l1-root/bin/cordon"
 cp -L "$vmlinuz" "$W/l1-root/guest/vmlinuz"; cp "$W/l2.cpio.gz" "$W/l1-root/guest/"
 for f in "$@"; do cp -a "$f" "$W/l1-root/guest/"; done
+# WITH_QEMU=1: also put qemu-system-x86_64 (and its libraries, qboot) into L1 as a peer VMM.
+if [ -n "${WITH_QEMU:-}" ]; then
+  q=$(command -v qemu-system-x86_64); cp "$q" "$W/l1-root/bin/"; mkdir -p "$W/l1-root/usr/share/qemu"
+  for l in $(ldd "$q" | grep -o '/[^ ]*'); do mkdir -p "$W/l1-root$(dirname "$l")"; cp -L "$l" "$W/l1-root$l"; done
+  for f in /usr/share/qemu/qboot.rom /usr/share/seabios/bios-microvm.bin /usr/share/qemu/linuxboot_dma.bin; do
+    [ -f "$f" ] && cp -L "$f" "$W/l1-root/usr/share/qemu/"; done
+fi
 printf '%s\n%s\n%s\n' "$common_init" 'echo "L1-READY uptime=$(cut -d" " -f1 /proc/uptime)"; cd /guest' \
   "$(cat "$l1script")
 echo \"L1-DONE uptime=\$(cut -d' ' -f1 /proc/uptime)\"; poweroff -f" > "$W/l1-root/init"

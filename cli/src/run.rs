@@ -73,6 +73,9 @@ pub fn run(a: RunArgs) -> Result<i32> {
         console_input: !a.no_console_input,
     })?;
     vm.load_kernel(&a.kernel, a.initrd.as_deref(), &a.params)?;
+    if let Err(e) = cordon_frontend::vmm::stop_on_signals() {
+        log::warn!("SIGTERM will not stop the VM cleanly: {e}");
+    }
     let reason = vm.run();
     let code = reason.exit_code();
     if code == 0 {

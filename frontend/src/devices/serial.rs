@@ -37,6 +37,17 @@ impl<W: Write + Send> SerialConsole<W> {
         }
     }
 
+    /// Re-raises the interrupt if one is still pending (IIR bit 0 clear). KVM's irqfd
+    /// delivers an edge; if the guest missed it (e.g. it was masked at the PIC), the
+    /// 8250 driver would wait forever for "transmitter empty". Called periodically.
+    pub fn repulse_pending_irq(&self) {
+        if self.uart.state().interrupt_identification & 1 == 0 {
+            if let Err(e) = vm_superio::Trigger::trigger(self.uart.interrupt_evt()) {
+                log::debug!("serial irq: {e}");
+            }
+        }
+    }
+
     /// Free space in the receive FIFO.
     pub fn input_room(&self) -> usize {
         self.uart.fifo_capacity()

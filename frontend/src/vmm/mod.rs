@@ -355,9 +355,9 @@ fn install_signal_handlers() {
     }
 }
 
-/// Makes SIGTERM and SIGINT request a clean stop through `evt` (kept open for the
-/// process lifetime).
-pub fn stop_on_signals(evt: EventFd) {
+/// Makes SIGTERM and SIGINT stop a running VM cleanly (terminal restored, exit code 0).
+pub fn stop_on_signals() -> std::io::Result<()> {
+    let evt = EventFd::new(libc::EFD_NONBLOCK)?;
     SIGNAL_EVT_FD.store(evt.as_raw_fd(), Ordering::Relaxed);
     std::mem::forget(evt);
     for sig in [libc::SIGTERM, libc::SIGINT] {
@@ -365,6 +365,7 @@ pub fn stop_on_signals(evt: EventFd) {
             log::warn!("cannot handle signal {sig}: {e}");
         }
     }
+    Ok(())
 }
 
 const TOKEN_EXIT: u64 = 0;
@@ -423,7 +424,8 @@ fn event_loop(
             let n = lock(serial).enqueue_input(&pending);
             pending.drain(..n);
         }
-        let timeout = if pending.is_empty() { -1 } else { 10 };
+        // Wake every 20 ms to re-raise a serial interrupt the guest may have missed.
+        let timeout = if pending.is_empty() { 20 } else { 10 };
         let n = match epoll::wait(ep, timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -432,6 +434,9 @@ fn event_loop(
                 return ExitReason::Error(format!("epoll_wait: {e}"));
             }
         };
+        if n == 0 {
+            lock(serial).repulse_pending_irq();
+        }
         for ev in &events[..n] {
             match ev.data {
                 TOKEN_EXIT => {
