@@ -1,1 +1,4 @@
 //! Benchmarks, each measured side by side with its peer in the same run.
+
+/// Block device benchmark (block-device vs qemu-storage-daemon vs host I/O).
+pub mod block;

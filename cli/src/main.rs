@@ -2,7 +2,11 @@
 
 use clap::{Parser, Subcommand};
 
+mod ctl;
+mod device;
+mod devices;
 mod run;
+mod seccomp;
 
 /// Sandboxed virtio device backends over vhost-user, and a lean KVM VMM.
 #[derive(Parser, Debug)]
@@ -15,13 +19,32 @@ struct Cli {
 /// Every `cordon` subcommand; each lives in its own module.
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run one vhost-user device backend: `cordon device <kind> --socket-path PATH ...`.
+    Device(device::DeviceCmd),
+    /// Lint, compile, disassemble, simulate, measure and generate seccomp policies.
+    Seccomp(seccomp::SeccompCmd),
     /// Boot a Linux guest in Cordon's KVM VMM (devices are vhost-user backends).
     Run(run::RunArgs),
+    /// Stop a VM started with `cordon run -s PATH`.
+    Stop(ctl::CtlArgs),
+    /// Show a running VM's state, devices and their backends.
+    Status(ctl::CtlArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    cordon_backends::device::init_logging();
+    let result = match Cli::parse().command {
+        Command::Device(cmd) => device::run(cmd),
+        Command::Seccomp(cmd) => seccomp::run(cmd),
         Command::Run(a) => std::process::exit(run::main(a)),
+        Command::Stop(a) => ctl::stop(a),
+        Command::Status(a) => ctl::status(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cordon: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

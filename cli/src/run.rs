@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
+use cordon_frontend::pci::vhost::{DeviceKind, KIND_NAMES};
 use cordon_frontend::vmm::{ConsoleOutput, Vm, VmConfig};
 
 /// Default kernel command line: serial console, i8042 reboot (the VMM exits cleanly on
@@ -31,6 +32,46 @@ pub struct RunArgs {
     /// Do not forward stdin to the guest's serial console.
     #[arg(long)]
     pub no_console_input: bool,
+    /// A virtio-pci device served by a vhost-user backend, crosvm's form:
+    /// `type=block|net|rng|vsock|console|wl,socket=PATH`. Repeatable.
+    #[arg(long = "vhost-user", value_name = "type=KIND,socket=PATH")]
+    pub vhost_user: Vec<String>,
+    /// Seconds to wait for each vhost-user backend to accept the connection.
+    #[arg(long, value_name = "SECS", default_value_t = 3)]
+    pub backend_timeout: u64,
+    /// Control socket: `cordon stop PATH` and `cordon status PATH` talk to it.
+    #[arg(short = 's', long = "socket", value_name = "PATH")]
+    pub control: Option<PathBuf>,
+}
+
+/// A parsed `--vhost-user` value.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VhostUserOpt {
+    /// Device type.
+    pub kind: DeviceKind,
+    /// Backend socket.
+    pub socket: PathBuf,
+}
+
+/// Parses `type=KIND,socket=PATH` (keys in any order).
+pub fn parse_vhost_user(s: &str) -> Result<VhostUserOpt> {
+    let mut kind = None;
+    let mut socket = None;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("type", v)) => {
+                kind = Some(DeviceKind::parse(v).ok_or_else(|| {
+                    anyhow::anyhow!("--vhost-user {s}: unknown type {v:?} (accepted: {KIND_NAMES})")
+                })?)
+            }
+            Some(("socket", v)) if !v.is_empty() => socket = Some(PathBuf::from(v)),
+            _ => bail!("--vhost-user {s}: bad field {part:?} (expected type=KIND,socket=PATH)"),
+        }
+    }
+    match (kind, socket) {
+        (Some(kind), Some(socket)) => Ok(VhostUserOpt { kind, socket }),
+        _ => bail!("--vhost-user {s}: both type= and socket= are required"),
+    }
 }
 
 /// Checks the files before any KVM work, so a typo gives a one-line error at once.
@@ -66,13 +107,28 @@ pub fn main(a: RunArgs) -> i32 {
 /// was stopped, non-zero on a crash or VMM error).
 pub fn run(a: RunArgs) -> Result<i32> {
     preflight(&a)?;
+    let devices = a
+        .vhost_user
+        .iter()
+        .map(|s| parse_vhost_user(s))
+        .collect::<Result<Vec<_>>>()?;
     let mut vm = Vm::new(VmConfig {
         mem_mib: a.mem,
         cpus: a.cpus,
         console: ConsoleOutput::Stdout,
         console_input: !a.no_console_input,
     })?;
+    for d in &devices {
+        vm.add_vhost_user(
+            d.kind,
+            &d.socket,
+            std::time::Duration::from_secs(a.backend_timeout),
+        )?;
+    }
     vm.load_kernel(&a.kernel, a.initrd.as_deref(), &a.params)?;
+    if let Some(p) = &a.control {
+        vm.listen_control(p)?;
+    }
     if let Err(e) = cordon_frontend::vmm::stop_on_signals() {
         log::warn!("SIGTERM will not stop the VM cleanly: {e}");
     }
@@ -84,4 +140,27 @@ pub fn run(a: RunArgs) -> Result<i32> {
         log::error!("VM ended: {reason}");
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vhost_user_option_parses_crosvm_form() {
+        let o = parse_vhost_user("type=rng,socket=/tmp/r.sock").unwrap();
+        assert_eq!(o.kind, DeviceKind::Rng);
+        assert_eq!(o.socket, PathBuf::from("/tmp/r.sock"));
+        let o = parse_vhost_user("socket=/s,type=block").unwrap();
+        assert_eq!(o.kind, DeviceKind::Block);
+        let e = parse_vhost_user("type=gpu,socket=/s")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("accepted: block, net, rng, vsock, console, wl"),
+            "{e}"
+        );
+        assert!(parse_vhost_user("type=rng").is_err());
+        assert!(parse_vhost_user("type=rng,socket=/s,extra=1").is_err());
+    }
 }

@@ -98,3 +98,59 @@ fn too_many_cpus() {
     let k = fake_kernel(d.path());
     assert_one_line_error(&["run", "--kernel", &k, "--cpus", "200"], "--cpus 200");
 }
+
+#[test]
+fn backend_socket_nobody_listens_on() {
+    let d = tmp();
+    let k = fake_kernel(d.path());
+    // No file at all.
+    let missing = d.path().join("absent.sock");
+    let arg = format!("type=rng,socket={}", missing.display());
+    assert_one_line_error(
+        &[
+            "run",
+            "--kernel",
+            &k,
+            "--backend-timeout",
+            "1",
+            "--vhost-user",
+            &arg,
+        ],
+        "cannot connect",
+    );
+    // A socket file whose listener is gone (connection refused).
+    let stale = d.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let arg = format!("type=block,socket={}", stale.display());
+    assert_one_line_error(
+        &[
+            "run",
+            "--kernel",
+            &k,
+            "--backend-timeout",
+            "1",
+            "--vhost-user",
+            &arg,
+        ],
+        "type=block",
+    );
+}
+
+#[test]
+fn bad_vhost_user_option() {
+    let d = tmp();
+    let k = fake_kernel(d.path());
+    assert_one_line_error(
+        &["run", "--kernel", &k, "--vhost-user", "type=gpu,socket=/x"],
+        "accepted: block, net, rng, vsock, console, wl",
+    );
+}
+
+#[test]
+fn stop_without_a_vmm() {
+    let d = tmp();
+    let p = d.path().join("ctl.sock");
+    let p = p.to_string_lossy().into_owned();
+    assert_one_line_error(&["stop", &p], "is `cordon run -s");
+    assert_one_line_error(&["status", &p], "is `cordon run -s");
+}

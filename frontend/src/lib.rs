@@ -13,4 +13,6 @@ pub mod devices;
 #[deny(missing_docs)]
 pub mod pci;
 #[deny(missing_docs)]
+pub mod vhost_user;
+#[deny(missing_docs)]
 pub mod vmm;

@@ -1,1 +1,4 @@
-//! Integration and end-to-end tests, and the guest test harness.
+//! Integration and end-to-end tests, and the guest test harness ([`guest`]).
+#![deny(missing_docs)]
+
+pub mod guest;

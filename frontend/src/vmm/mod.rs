@@ -2,6 +2,7 @@
 //! loop that ends the VM cleanly.
 
 pub mod bus;
+pub mod control;
 pub mod exit;
 pub mod loader;
 pub mod memory;
@@ -22,11 +23,19 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryReg
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::arch::x86_64::{cpuid, mptable, regs};
+use crate::arch::x86_64::{cpuid, mptable, regs, IOAPIC_ADDR};
 use crate::devices::i8042::{I8042, I8042_LEN, I8042_PORT};
 use crate::devices::rtc::{Rtc, RTC_LEN, RTC_PORT};
 use crate::devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT};
 use crate::devices::EventTrigger;
+use crate::pci;
+use crate::pci::irq::GsiRouter;
+use crate::pci::root::{
+    PciConfigPorts, PciMmioWindow, PciRoot, CONFIG_PORT as PCI_CONFIG_PORT,
+    CONFIG_PORT_LEN as PCI_CONFIG_PORT_LEN,
+};
+use crate::pci::vhost::{DeviceKind, VhostUserBackend};
+use crate::pci::virtio::VirtioPci;
 use bus::{lock, Bus};
 use exit::{ExitReason, ExitSignal};
 use memory::GuestMem;
@@ -85,6 +94,15 @@ pub enum VmError {
     /// Host resources (eventfds, epoll, threads).
     #[error("{0}: {1}")]
     Io(&'static str, std::io::Error),
+    /// A vhost-user backend.
+    #[error(transparent)]
+    Backend(#[from] pci::vhost::BackendError),
+    /// Control socket.
+    #[error("{0}")]
+    Control(String),
+    /// PCI setup.
+    #[error("PCI: {0}")]
+    Pci(String),
     /// Test code does not fit.
     #[error("guest code does not fit at {0:#x}")]
     Code(u64),
@@ -99,7 +117,11 @@ type Console = SerialConsole<Box<dyn Write + Send>>;
 /// A built VM, ready to load a payload and run.
 pub struct Vm {
     _kvm: Kvm,
-    fd: VmFd,
+    fd: Arc<VmFd>,
+    pci: Arc<PciRoot>,
+    router: Arc<GsiRouter>,
+    devices: Vec<Arc<Mutex<VirtioPci>>>,
+    control: Option<control::ControlServer>,
     mem: GuestMem,
     mem_size: u64,
     vcpus: Vec<VcpuFd>,
@@ -208,14 +230,34 @@ impl Vm {
             regs::setup_lint(&v)?;
             vcpus.push(v);
         }
+        let pci = Arc::new(PciRoot::new());
+        pio.insert(
+            Arc::new(Mutex::new(PciConfigPorts(pci.clone()))),
+            PCI_CONFIG_PORT,
+            PCI_CONFIG_PORT_LEN,
+        )?;
+        let mut mmio = Bus::new();
+        mmio.insert(
+            Arc::new(Mutex::new(PciMmioWindow(
+                pci.clone(),
+                memory::MMIO_HOLE_START,
+            ))),
+            memory::MMIO_HOLE_START,
+            IOAPIC_ADDR - memory::MMIO_HOLE_START,
+        )?;
+        let fd = Arc::new(fd);
         Ok(Self {
             _kvm: kvm,
+            router: Arc::new(GsiRouter::new(fd.clone())),
             fd,
+            pci,
+            devices: Vec::new(),
+            control: None,
             mem,
             mem_size,
             vcpus,
             pio,
-            mmio: Bus::new(),
+            mmio,
             serial,
             serial_irq,
             reset_evt,
@@ -235,6 +277,53 @@ impl Vm {
     /// The KVM VM (for irq routing, irqfds and ioeventfds).
     pub fn vm_fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// Adds a virtio-pci device whose device side is the vhost-user backend at `socket`.
+    /// Fails (with a one-line error naming the socket) if nobody answers within
+    /// `timeout`.
+    pub fn add_vhost_user(
+        &mut self,
+        kind: DeviceKind,
+        socket: &Path,
+        timeout: Duration,
+    ) -> Result<(), VmError> {
+        let backend = VhostUserBackend::connect(kind, socket, timeout)?;
+        let slot = self.pci.next_slot();
+        if slot >= pci::root::MAX_DEVICES {
+            return Err(VmError::Pci("too many devices (31 at most)".into()));
+        }
+        let bar = memory::MMIO_HOLE_START + slot as u64 * u64::from(VirtioPci::BAR_SIZE);
+        let dev = VirtioPci::new(
+            backend,
+            self.fd.clone(),
+            self.router.clone(),
+            self.mem.clone(),
+            bar as u32,
+        )
+        .map_err(|e| VmError::Pci(e.to_string()))?;
+        let dev = Arc::new(Mutex::new(dev));
+        self.pci.add(dev.clone());
+        self.devices.push(dev);
+        log::info!(
+            "{} device at 00:{slot:02x}.0 <- {}",
+            kind.name(),
+            socket.display()
+        );
+        Ok(())
+    }
+
+    /// Serves the control socket at `path` while the VM runs.
+    pub fn listen_control(&mut self, path: &Path) -> Result<(), VmError> {
+        let c = control::ControlServer::bind(path)
+            .map_err(|e| VmError::Control(format!("-s {}: {e}", path.display())))?;
+        self.control = Some(c);
+        Ok(())
+    }
+
+    /// The virtio devices (for status reporting).
+    pub fn devices(&self) -> Vec<Arc<Mutex<VirtioPci>>> {
+        self.devices.clone()
     }
 
     /// The MMIO bus, to add devices before running.
@@ -314,12 +403,23 @@ impl Vm {
                 .map_err(|e| VmError::Io("spawning a vCPU thread", e))?;
             threads.push(t);
         }
-        let reason = event_loop(
-            &self.exit,
-            &self.reset_evt,
-            &self.serial,
-            self.console_input,
-        );
+        let reason = match epoll::create(true) {
+            Ok(ep) => {
+                let r = EventLoop {
+                    ep,
+                    exit: &self.exit,
+                    reset: &self.reset_evt,
+                    serial: &self.serial,
+                    devices: &self.devices,
+                    control: self.control.as_ref(),
+                    watched: vec![None; self.devices.len()],
+                }
+                .run(self.console_input);
+                close(ep);
+                r
+            }
+            Err(e) => ExitReason::Error(format!("epoll_create: {e}")),
+        };
         stop.store(true, Ordering::Release);
         for t in threads {
             while !t.is_finished() {
@@ -372,105 +472,207 @@ const TOKEN_EXIT: u64 = 0;
 const TOKEN_RESET: u64 = 1;
 const TOKEN_STDIN: u64 = 2;
 const TOKEN_SIGNAL: u64 = 3;
+const TOKEN_CONTROL: u64 = 4;
+const TOKEN_BACKEND: u64 = 100;
 
-fn event_loop(
-    exit: &ExitSignal,
-    reset: &EventFd,
-    serial: &Mutex<Console>,
-    console_input: bool,
-) -> ExitReason {
-    let ep = match epoll::create(true) {
-        Ok(ep) => ep,
-        Err(e) => return ExitReason::Error(format!("epoll_create: {e}")),
-    };
-    let add = |fd: i32, token: u64| {
-        epoll::ctl(
-            ep,
-            epoll::ControlOptions::EPOLL_CTL_ADD,
-            fd,
-            epoll::Event::new(epoll::Events::EPOLLIN, token),
-        )
-    };
-    let mut errors = Vec::new();
-    if let Err(e) = add(exit.evt.as_raw_fd(), TOKEN_EXIT) {
-        errors.push(e);
+/// Everything the VMM's main thread watches while vCPUs run.
+struct EventLoop<'a> {
+    ep: i32,
+    exit: &'a ExitSignal,
+    reset: &'a EventFd,
+    serial: &'a Mutex<Console>,
+    devices: &'a [Arc<Mutex<VirtioPci>>],
+    control: Option<&'a control::ControlServer>,
+    /// Backend socket fd registered in epoll, per device.
+    watched: Vec<Option<i32>>,
+}
+
+impl EventLoop<'_> {
+    fn ctl(&self, op: epoll::ControlOptions, fd: i32, token: u64) -> std::io::Result<()> {
+        let ev = epoll::Events::EPOLLIN | epoll::Events::EPOLLRDHUP;
+        epoll::ctl(self.ep, op, fd, epoll::Event::new(ev, token))
     }
-    if let Err(e) = add(reset.as_raw_fd(), TOKEN_RESET) {
-        errors.push(e);
-    }
-    let sigfd = SIGNAL_EVT_FD.load(Ordering::Relaxed);
-    if sigfd >= 0 {
-        if let Err(e) = add(sigfd, TOKEN_SIGNAL) {
-            errors.push(e);
+
+    /// Keeps epoll in step with each device's backend connection.
+    fn sync_backends(&mut self) {
+        for (i, d) in self.devices.iter().enumerate() {
+            let fd = lock(d).backend().fd();
+            if fd != self.watched[i] {
+                if let Some(old) = self.watched[i] {
+                    let _ = self.ctl(epoll::ControlOptions::EPOLL_CTL_DEL, old, 0);
+                }
+                if let Some(new) = fd {
+                    if let Err(e) = self.ctl(
+                        epoll::ControlOptions::EPOLL_CTL_ADD,
+                        new,
+                        TOKEN_BACKEND + i as u64,
+                    ) {
+                        log::warn!("cannot watch backend {i}: {e}");
+                    }
+                }
+                self.watched[i] = fd;
+            }
         }
     }
-    if let Some(e) = errors.pop() {
-        return ExitReason::Error(format!("epoll_ctl: {e}"));
+
+    /// A backend socket became readable: it either hung up or sent something unexpected.
+    fn backend_event(&mut self, i: usize) {
+        let Some(d) = self.devices.get(i) else { return };
+        let mut d = lock(d);
+        let Some(fd) = d.backend().fd() else { return };
+        let mut b = [0u8; 1];
+        // SAFETY: peeks at most one byte into a valid buffer; never blocks.
+        let r = unsafe {
+            libc::recv(
+                fd,
+                b.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        let eagain =
+            r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock;
+        if r == 0 || (r < 0 && !eagain) {
+            let kind = d.backend().kind.name();
+            let sock = d.backend().socket.display().to_string();
+            log::warn!("{kind} backend {sock} went away; the VM keeps running, reconnecting");
+            let _ = self.ctl(epoll::ControlOptions::EPOLL_CTL_DEL, fd, 0);
+            self.watched[i] = None;
+            d.backend().disconnect();
+        }
     }
-    let stdin = libc::STDIN_FILENO;
-    let _raw = if console_input {
-        let raw = terminal::RawTerminal::enter(stdin);
-        if let Err(e) = add(stdin, TOKEN_STDIN) {
-            log::debug!("stdin is not pollable ({e}); console input disabled");
+
+    fn try_reconnects(&mut self) -> bool {
+        let mut any_down = false;
+        for d in self.devices {
+            let mut d = lock(d);
+            if d.backend().connected() {
+                continue;
+            }
+            if d.backend().try_reconnect() {
+                log::info!(
+                    "{} backend {} is back; device resumed",
+                    d.backend().kind.name(),
+                    d.backend().socket.display()
+                );
+                d.resume();
+            }
+            any_down |= !d.backend().connected();
         }
-        raw
-    } else {
-        None
-    };
-    let mut pending: Vec<u8> = Vec::new();
-    let mut events = vec![epoll::Event::new(epoll::Events::empty(), 0); 8];
-    loop {
-        if !pending.is_empty() {
-            let n = lock(serial).enqueue_input(&pending);
-            pending.drain(..n);
-        }
-        // Wake every 20 ms to re-raise a serial interrupt the guest may have missed.
-        let timeout = if pending.is_empty() { 20 } else { 10 };
-        let n = match epoll::wait(ep, timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                close(ep);
-                return ExitReason::Error(format!("epoll_wait: {e}"));
+        any_down
+    }
+
+    fn run(mut self, console_input: bool) -> ExitReason {
+        let mut errors = Vec::new();
+        let mut add = |fd: i32, token: u64| {
+            if let Err(e) = epoll::ctl(
+                self.ep,
+                epoll::ControlOptions::EPOLL_CTL_ADD,
+                fd,
+                epoll::Event::new(epoll::Events::EPOLLIN, token),
+            ) {
+                errors.push(e);
             }
         };
-        if n == 0 {
-            lock(serial).repulse_pending_irq();
+        add(self.exit.evt.as_raw_fd(), TOKEN_EXIT);
+        add(self.reset.as_raw_fd(), TOKEN_RESET);
+        let sigfd = SIGNAL_EVT_FD.load(Ordering::Relaxed);
+        if sigfd >= 0 {
+            add(sigfd, TOKEN_SIGNAL);
         }
-        for ev in &events[..n] {
-            match ev.data {
-                TOKEN_EXIT => {
-                    if let Some(r) = exit.reason() {
-                        close(ep);
-                        return r;
+        if let Some(c) = self.control {
+            add(c.fd(), TOKEN_CONTROL);
+        }
+        if let Some(e) = errors.pop() {
+            return ExitReason::Error(format!("epoll_ctl: {e}"));
+        }
+        self.sync_backends();
+        let stdin = libc::STDIN_FILENO;
+        let _raw = if console_input {
+            let raw = terminal::RawTerminal::enter(stdin);
+            if let Err(e) = epoll::ctl(
+                self.ep,
+                epoll::ControlOptions::EPOLL_CTL_ADD,
+                stdin,
+                epoll::Event::new(epoll::Events::EPOLLIN, TOKEN_STDIN),
+            ) {
+                log::debug!("stdin is not pollable ({e}); console input disabled");
+            }
+            raw
+        } else {
+            None
+        };
+        let mut pending: Vec<u8> = Vec::new();
+        let mut events = vec![epoll::Event::new(epoll::Events::empty(), 0); 16];
+        let mut last_tick = Instant::now();
+        let mut backends_down = false;
+        loop {
+            if !pending.is_empty() {
+                let n = lock(self.serial).enqueue_input(&pending);
+                pending.drain(..n);
+            }
+            // Wake every 20 ms to re-raise a serial interrupt the guest may have missed and
+            // to retry backends that went away.
+            let timeout = if pending.is_empty() { 20 } else { 10 };
+            let n = match epoll::wait(self.ep, timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return ExitReason::Error(format!("epoll_wait: {e}")),
+            };
+            if last_tick.elapsed() >= Duration::from_millis(20) {
+                last_tick = Instant::now();
+                lock(self.serial).repulse_pending_irq();
+                if backends_down {
+                    backends_down = self.try_reconnects();
+                    self.sync_backends();
+                }
+            }
+            for ev in &events[..n] {
+                let token = ev.data;
+                match token {
+                    TOKEN_EXIT => {
+                        if let Some(r) = self.exit.reason() {
+                            return r;
+                        }
                     }
-                }
-                TOKEN_RESET => {
-                    let _ = reset.read();
-                    log::info!("guest requested a CPU reset through the i8042");
-                    exit.request(ExitReason::GuestReset);
-                }
-                TOKEN_SIGNAL => {
-                    log::info!("signal received, stopping the VM");
-                    exit.request(ExitReason::Stopped);
-                }
-                TOKEN_STDIN if pending.is_empty() => {
-                    let mut buf = [0u8; 64];
-                    // SAFETY: reads into a valid local buffer of the given size.
-                    let r = unsafe { libc::read(stdin, buf.as_mut_ptr().cast(), buf.len()) };
-                    if r <= 0 {
-                        // EOF or error: stop watching stdin.
-                        let _ = epoll::ctl(
-                            ep,
-                            epoll::ControlOptions::EPOLL_CTL_DEL,
-                            stdin,
-                            epoll::Event::new(epoll::Events::empty(), 0),
-                        );
-                    } else {
-                        pending.extend_from_slice(&buf[..r as usize]);
+                    TOKEN_RESET => {
+                        let _ = self.reset.read();
+                        log::info!("guest requested a CPU reset through the i8042");
+                        self.exit.request(ExitReason::GuestReset);
                     }
+                    TOKEN_SIGNAL => {
+                        log::info!("signal received, stopping the VM");
+                        self.exit.request(ExitReason::Stopped);
+                    }
+                    TOKEN_CONTROL => {
+                        if let Some(c) = self.control {
+                            if c.serve(self.devices) == Some(control::Request::Stop) {
+                                self.exit.request(ExitReason::Stopped);
+                            }
+                        }
+                    }
+                    TOKEN_STDIN if pending.is_empty() => {
+                        let mut buf = [0u8; 64];
+                        // SAFETY: reads into a valid local buffer of the given size.
+                        let r = unsafe { libc::read(stdin, buf.as_mut_ptr().cast(), buf.len()) };
+                        if r <= 0 {
+                            // EOF or error: stop watching stdin.
+                            let _ = epoll::ctl(
+                                self.ep,
+                                epoll::ControlOptions::EPOLL_CTL_DEL,
+                                stdin,
+                                epoll::Event::new(epoll::Events::empty(), 0),
+                            );
+                        } else {
+                            pending.extend_from_slice(&buf[..r as usize]);
+                        }
+                    }
+                    t if t >= TOKEN_BACKEND => {
+                        self.backend_event((t - TOKEN_BACKEND) as usize);
+                        backends_down = true;
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
     }

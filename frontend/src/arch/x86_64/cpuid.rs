@@ -9,6 +9,8 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 const ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 EDX bit 28: more than one logical processor per package.
 const EDX_HTT: u32 = 1 << 28;
+/// Leaf 0x8000_0007 EDX bit 8: invariant TSC.
+const EDX_INVTSC: u32 = 1 << 8;
 /// Leaf 7 EDX bit 29: IA32_ARCH_CAPABILITIES MSR present.
 const EDX_ARCH_CAPABILITIES: u32 = 1 << 29;
 
@@ -30,6 +32,14 @@ fn fix_entry(e: &mut kvm_cpuid_entry2, cpu: u8, ncpus: u8) {
             // IA32_ARCH_CAPABILITIES (MSR 0x10a) is refused by this nested host
             // (QEMU's `-cpu host` fails on it here), so do not advertise it.
             e.edx &= !EDX_ARCH_CAPABILITIES;
+        }
+        0x8000_0007 => {
+            // Invariant TSC: with it, Linux prefers the raw TSC over kvmclock. On a nested
+            // host (KVM inside QEMU TCG, or PVM) the TSC the guest sees is not steady; the
+            // guest's clock then froze for seconds and boots hung after init. kvmclock
+            // corrects for this, so keep it the clocksource (QEMU hides invtsc by default
+            // for the same reason: it is not migratable).
+            e.edx &= !EDX_INVTSC;
         }
         0xa => {
             // No virtual PMU: the nested host cannot back performance counters reliably,
@@ -109,6 +119,13 @@ mod tests {
         let mut e = entry(0xa, 0);
         fix_entry(&mut e, 0, 1);
         assert_eq!((e.eax, e.ebx, e.ecx, e.edx), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn invariant_tsc_is_hidden() {
+        let mut e = entry(0x8000_0007, 0);
+        fix_entry(&mut e, 0, 1);
+        assert_eq!(e.edx & EDX_INVTSC, 0);
     }
 
     #[test]

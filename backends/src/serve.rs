@@ -1,0 +1,177 @@
+//! The generic serving loop: accept a frontend, serve it, reset, wait for the next one.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringEpollHandler, VringRwLock};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::connection::Endpoint;
+use crate::relay::Relay;
+use crate::sandbox::JailPlan;
+use crate::served::Served;
+
+/// What a Cordon device backend is: a rust-vmm [`VhostUserBackend`] over plain guest memory
+/// and `VringRwLock` vrings, plus two optional per-connection hooks.
+///
+/// Implement both traits for your device type; [`serve`] takes it in an `Arc` and shares it
+/// with every frontend connection in turn.
+pub trait Backend:
+    VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Send + Sync + 'static
+{
+    /// Called when a new frontend is about to be served; `workers[i]` registers extra file
+    /// descriptors (e.g. serial input, a TAP device) with vring worker thread `i`. Event ids
+    /// must be greater than `num_queues()` (lower ids are the queues and the exit event).
+    fn connected(&self, workers: Vec<Arc<dyn EventRegistrar>>) -> io::Result<()> {
+        let _ = workers;
+        Ok(())
+    }
+
+    /// Called after the frontend went away and the workers stopped: drop per-connection state
+    /// (the registrars, guest memory references, pending requests).
+    fn disconnected(&self) {}
+}
+
+/// Registers extra file descriptors with one vring worker thread's epoll loop.
+pub trait EventRegistrar: Send + Sync {
+    /// Watch `fd` for `events`; `Backend::handle_event` gets `id` when it fires.
+    fn register(&self, fd: RawFd, events: EventSet, id: u64) -> io::Result<()>;
+    /// Stop watching `fd`.
+    fn unregister(&self, fd: RawFd, events: EventSet, id: u64) -> io::Result<()>;
+}
+
+impl<B: Backend> EventRegistrar for VringEpollHandler<Served<B>> {
+    fn register(&self, fd: RawFd, events: EventSet, id: u64) -> io::Result<()> {
+        self.register_listener(fd, events, id)
+    }
+    fn unregister(&self, fd: RawFd, events: EventSet, id: u64) -> io::Result<()> {
+        self.unregister_listener(fd, events, id)
+    }
+}
+
+/// Options of [`serve`].
+#[derive(Debug, Default)]
+pub struct ServeOptions {
+    /// Name used in logs and thread names, e.g. `rng-0`.
+    pub name: String,
+    /// Serve a single frontend, then return (otherwise wait for the next one forever).
+    pub once: bool,
+    /// Jail to enter once the endpoint is ready (None: the caller already jailed or disabled).
+    pub jail: Option<JailPlan>,
+}
+
+/// Error from [`serve`].
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The jail could not be entered.
+    #[error(transparent)]
+    Jail(#[from] crate::sandbox::JailError),
+    /// Setting up the `--fd` relay or the signal thread failed.
+    #[error("cannot set up serving: {0}")]
+    Relay(io::Error),
+    /// The vhost-user daemon could not be created or could not accept.
+    #[error("vhost-user daemon: {0}")]
+    Daemon(String),
+    /// A connection ended with a protocol error (only returned with `once` or `--fd`).
+    #[error("frontend connection failed: {0}")]
+    Connection(String),
+}
+
+/// Serves `backend` on `endpoint` until `once`/`--fd` completes, or forever.
+///
+/// Order: the caller opened the device's resources and `endpoint`; this enters `opts.jail`,
+/// then for each frontend creates a fresh daemon (fresh vrings and memory), serves the
+/// connection, and after the frontend disconnects resets the device
+/// (`reset_device` + `disconnected`) and waits for the next one. A frontend that sends a
+/// malformed or hostile message gets an error reply or is disconnected and logged; the backend
+/// keeps serving the next frontend.
+pub fn serve<B: Backend>(
+    backend: Arc<B>,
+    endpoint: Endpoint,
+    opts: ServeOptions,
+) -> Result<(), ServeError> {
+    let name = if opts.name.is_empty() {
+        "vhost-user".to_string()
+    } else {
+        opts.name.clone()
+    };
+    // Keep the endpoint alive (it removes its socket file on drop).
+    let (mut listener, relay, single, keep) = match endpoint {
+        Endpoint::Listener { listener, remove } => (
+            Listener::from(listener),
+            None,
+            opts.once,
+            remove.map(Arc::new),
+        ),
+        Endpoint::Stream(stream) => {
+            let relay = Relay::new(stream).map_err(ServeError::Relay)?;
+            let l = relay.listener.try_clone().map_err(ServeError::Relay)?;
+            (Listener::from(l), Some(relay), true, None)
+        }
+    };
+    crate::signals::block_termination_signals().map_err(ServeError::Relay)?;
+    if let Some(jail) = &opts.jail {
+        jail.enter()?;
+    }
+    let guard = keep.clone();
+    crate::signals::exit_on_termination(name.clone(), move || {
+        if let Some(g) = guard {
+            g.remove();
+        }
+    })
+    .map_err(ServeError::Relay)?;
+    if let Some(relay) = relay {
+        relay.start().map_err(ServeError::Relay)?;
+    }
+    loop {
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let served = Served::new(backend.clone());
+        let mut daemon = VhostUserDaemon::new(name.clone(), served, mem)
+            .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        let registrars: Vec<Arc<dyn EventRegistrar>> = daemon
+            .get_epoll_handlers()
+            .into_iter()
+            .map(|h| h as Arc<dyn EventRegistrar>)
+            .collect();
+        backend
+            .connected(registrars)
+            .map_err(|e| ServeError::Daemon(format!("device setup: {e}")))?;
+        log::info!("{name}: waiting for a frontend");
+        daemon
+            .start(&mut listener)
+            .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        log::info!("{name}: frontend connected");
+        let result = daemon.wait();
+        drop(daemon);
+        backend.reset_device();
+        backend.disconnected();
+        let outcome = match result {
+            Ok(()) => Ok(()),
+            Err(e) if is_disconnect(&e) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        match &outcome {
+            Ok(()) => log::info!("{name}: frontend disconnected"),
+            Err(e) => log::warn!("{name}: frontend dropped after an error: {e}"),
+        }
+        if single {
+            if let Some(k) = &keep {
+                k.remove();
+            }
+            return outcome.map_err(ServeError::Connection);
+        }
+    }
+}
+
+fn is_disconnect(e: &vhost_user_backend::Error) -> bool {
+    use vhost::vhost_user::Error as E;
+    matches!(
+        e,
+        vhost_user_backend::Error::HandleRequest(
+            E::Disconnected | E::PartialMessage | E::SocketBroken(_)
+        )
+    )
+}

@@ -1,0 +1,128 @@
+//! `Served<B>`: the thin wrapper the serving loop hands to rust-vmm's daemon.
+//!
+//! It delegates everything to the device, and adds what every Cordon backend needs:
+//! a fresh exit eventfd per worker thread and connection (so a new daemon's workers do not see
+//! the previous one's exit signal), and containment of device errors: an error returned by the
+//! device for one event is logged and the worker keeps running, instead of rust-vmm's default
+//! of silently ending the worker thread.
+
+use std::fs::File;
+use std::io::Result;
+use std::sync::Arc;
+
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
+    VhostUserSharedMsg,
+};
+use vhost::vhost_user::Backend as BackendReq;
+use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::serve::Backend;
+
+/// Wraps a device for one frontend connection.
+pub struct Served<B> {
+    inner: Arc<B>,
+}
+
+impl<B> Clone for Served<B> {
+    fn clone(&self) -> Self {
+        Served {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B> Served<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<B>) -> Self {
+        Served { inner }
+    }
+}
+
+impl<B: Backend> VhostUserBackend for Served<B> {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        self.inner.num_queues()
+    }
+    fn max_queue_size(&self) -> usize {
+        self.inner.max_queue_size()
+    }
+    fn features(&self) -> u64 {
+        self.inner.features()
+    }
+    fn acked_features(&self, features: u64) {
+        self.inner.acked_features(features)
+    }
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.inner.protocol_features()
+    }
+    fn reset_device(&self) {
+        self.inner.reset_device()
+    }
+    fn set_event_idx(&self, enabled: bool) {
+        self.inner.set_event_idx(enabled)
+    }
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        self.inner.get_config(offset, size)
+    }
+    fn set_config(&self, offset: u32, buf: &[u8]) -> Result<()> {
+        self.inner.set_config(offset, buf)
+    }
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap<()>>) -> Result<()> {
+        self.inner.update_memory(mem)
+    }
+    fn set_backend_req_fd(&self, backend: BackendReq) {
+        self.inner.set_backend_req_fd(backend)
+    }
+    fn get_shared_object(&self, uuid: VhostUserSharedMsg) -> Result<File> {
+        self.inner.get_shared_object(uuid)
+    }
+    fn queues_per_thread(&self) -> Vec<u64> {
+        self.inner.queues_per_thread()
+    }
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::CLOEXEC | EventFlag::NONBLOCK) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                log::error!("cannot create a worker exit eventfd: {e}");
+                None
+            }
+        }
+    }
+    fn stop_vring(&self, queue_index: u32) -> Result<()> {
+        self.inner.stop_vring(queue_index)
+    }
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> Result<()> {
+        if let Err(e) = self
+            .inner
+            .handle_event(device_event, evset, vrings, thread_id)
+        {
+            log::warn!("device event {device_event} on worker {thread_id}: {e}");
+        }
+        Ok(())
+    }
+    fn set_device_state_fd(
+        &self,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        file: File,
+    ) -> Result<Option<File>> {
+        self.inner.set_device_state_fd(direction, phase, file)
+    }
+    fn check_device_state(&self) -> Result<()> {
+        self.inner.check_device_state()
+    }
+}

@@ -1,0 +1,202 @@
+//! One vhost-user connection, driven as a frontend (wraps `vhost::vhost_user::Frontend`).
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::virtqueue::DriverQueue;
+use super::{vhost_err, Error, Result};
+
+/// How long [`VhostUserConnection::connect`] waits for a backend socket to appear.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connected vhost-user frontend.
+pub struct VhostUserConnection {
+    fe: Frontend,
+    num_queues: usize,
+    features: u64,
+    protocol: VhostUserProtocolFeatures,
+}
+
+impl VhostUserConnection {
+    /// Connects to the backend socket at `path`, retrying until it accepts or `timeout`.
+    pub fn connect(path: &Path, num_queues: usize, timeout: Duration) -> Result<Self> {
+        let start = Instant::now();
+        loop {
+            match UnixStream::connect(path) {
+                Ok(s) => return Ok(Self::from_stream(s, num_queues)),
+                Err(e) if start.elapsed() < timeout => {
+                    log::trace!("connect {}: {e}; retrying", path.display());
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(Error::Io {
+                        op: "connect to the backend socket",
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Uses an already connected stream.
+    pub fn from_stream(stream: UnixStream, num_queues: usize) -> Self {
+        VhostUserConnection {
+            fe: Frontend::from_stream(stream, num_queues as u64),
+            num_queues,
+            features: 0,
+            protocol: VhostUserProtocolFeatures::empty(),
+        }
+    }
+
+    /// The raw `vhost` frontend, for requests this wrapper does not cover.
+    pub fn frontend(&mut self) -> &mut Frontend {
+        &mut self.fe
+    }
+
+    /// Virtio features acked by [`negotiate`](Self::negotiate).
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// Protocol features acked by [`negotiate`](Self::negotiate).
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol
+    }
+
+    /// SET_OWNER, feature and protocol-feature negotiation. Acks `offered & wanted` (plus
+    /// VHOST_USER_F_PROTOCOL_FEATURES when offered) and returns the acked virtio features.
+    pub fn negotiate(
+        &mut self,
+        wanted: u64,
+        wanted_protocol: VhostUserProtocolFeatures,
+    ) -> Result<u64> {
+        self.fe.set_owner().map_err(vhost_err("SET_OWNER"))?;
+        let offered = self.fe.get_features().map_err(vhost_err("GET_FEATURES"))?;
+        let pf_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if offered & pf_bit != 0 {
+            let pf = self
+                .fe
+                .get_protocol_features()
+                .map_err(vhost_err("GET_PROTOCOL_FEATURES"))?;
+            let acked = pf & wanted_protocol;
+            self.fe
+                .set_protocol_features(acked)
+                .map_err(vhost_err("SET_PROTOCOL_FEATURES"))?;
+            self.protocol = acked;
+            if acked.contains(VhostUserProtocolFeatures::MQ) {
+                let n = self
+                    .fe
+                    .get_queue_num()
+                    .map_err(vhost_err("GET_QUEUE_NUM"))?;
+                if (n as usize) < self.num_queues {
+                    return Err(Error::Invalid(format!(
+                        "backend has {n} queues, {} requested",
+                        self.num_queues
+                    )));
+                }
+            }
+        }
+        let acked = offered & (wanted | pf_bit);
+        self.fe
+            .set_features(acked)
+            .map_err(vhost_err("SET_FEATURES"))?;
+        self.features = acked;
+        Ok(acked)
+    }
+
+    /// SET_MEM_TABLE with every region of `mem` (each must be file backed).
+    pub fn set_mem_table(&mut self, mem: &GuestMemoryMmap) -> Result<()> {
+        let mut regions = Vec::new();
+        for r in mem.iter() {
+            regions.push(
+                VhostUserMemoryRegionInfo::from_guest_region(r).map_err(|e| {
+                    Error::Memory(format!("region at {:#x}: {e}", r.start_addr().0))
+                })?,
+            );
+        }
+        self.fe
+            .set_mem_table(&regions)
+            .map(|_| ())
+            .map_err(vhost_err("SET_MEM_TABLE"))
+    }
+
+    /// Sets up vring `index` from `queue` (size, addresses, base 0, call and kick eventfds)
+    /// and enables it when protocol features were negotiated.
+    pub fn setup_vring(
+        &mut self,
+        index: usize,
+        queue: &DriverQueue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<()> {
+        let va = |addr| -> Result<u64> {
+            mem.get_host_address(addr)
+                .map(|p| p as u64)
+                .map_err(|e| Error::Memory(format!("vring address {:#x}: {e}", addr.0)))
+        };
+        let cfg = VringConfigData {
+            queue_max_size: queue.size(),
+            queue_size: queue.size(),
+            flags: 0,
+            desc_table_addr: va(queue.desc_table())?,
+            used_ring_addr: va(queue.used_ring())?,
+            avail_ring_addr: va(queue.avail_ring())?,
+            log_addr: None,
+        };
+        self.setup_vring_raw(index, queue, &cfg)
+    }
+
+    /// Like [`setup_vring`](Self::setup_vring) with caller-chosen (possibly hostile) addresses.
+    pub fn setup_vring_raw(
+        &mut self,
+        index: usize,
+        queue: &DriverQueue,
+        cfg: &VringConfigData,
+    ) -> Result<()> {
+        self.fe
+            .set_vring_num(index, cfg.queue_size)
+            .map_err(vhost_err("SET_VRING_NUM"))?;
+        self.fe
+            .set_vring_addr(index, cfg)
+            .map_err(vhost_err("SET_VRING_ADDR"))?;
+        self.fe
+            .set_vring_base(index, 0)
+            .map_err(vhost_err("SET_VRING_BASE"))?;
+        self.fe
+            .set_vring_call(index, queue.call_event())
+            .map_err(vhost_err("SET_VRING_CALL"))?;
+        self.fe
+            .set_vring_kick(index, queue.kick_event())
+            .map_err(vhost_err("SET_VRING_KICK"))?;
+        if self.features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+            self.fe
+                .set_vring_enable(index, true)
+                .map_err(vhost_err("SET_VRING_ENABLE"))?;
+        }
+        Ok(())
+    }
+
+    /// GET_VRING_BASE: stops vring `index` and returns its next available index.
+    pub fn stop_vring(&mut self, index: usize) -> Result<u32> {
+        self.fe
+            .get_vring_base(index)
+            .map_err(vhost_err("GET_VRING_BASE"))
+    }
+
+    /// GET_CONFIG: reads `len` bytes of the device config space at `offset`.
+    pub fn get_config(&mut self, offset: u32, len: usize) -> Result<Vec<u8>> {
+        let buf = vec![0u8; len];
+        let (_, data) = self
+            .fe
+            .get_config(offset, len as u32, VhostUserConfigFlags::WRITABLE, &buf)
+            .map_err(vhost_err("GET_CONFIG"))?;
+        Ok(data)
+    }
+}

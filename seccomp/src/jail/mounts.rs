@@ -1,0 +1,209 @@
+//! The jail's filesystem: an empty tmpfs root holding only the declared bind mounts.
+
+use super::{Bind, JailError};
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Bind mounts checked and converted before any namespace change.
+pub(super) struct MountPlan {
+    root: PathBuf,
+    binds: Vec<(Bind, bool)>,
+}
+
+fn cstr(p: &Path) -> Result<CString, JailError> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+        JailError::new(
+            format!("path {}", p.display()),
+            io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte"),
+        )
+    })
+}
+
+fn mount(
+    src: Option<&Path>,
+    dst: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), JailError> {
+    let s = src.map(cstr).transpose()?;
+    let d = cstr(dst)?;
+    let t = fstype.map(|t| CString::new(t).unwrap_or_default());
+    let o = data.map(|t| CString::new(t).unwrap_or_default());
+    let p = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: every pointer is either null or a NUL-terminated string alive for the call.
+    let r = unsafe {
+        libc::mount(
+            p(&s),
+            d.as_ptr(),
+            p(&t),
+            flags,
+            p(&o) as *const libc::c_void,
+        )
+    };
+    if r != 0 {
+        let what = match src {
+            Some(s) => format!(
+                "mount {} on {} (flags {flags:#x})",
+                s.display(),
+                dst.display()
+            ),
+            None => format!("mount {} (flags {flags:#x})", dst.display()),
+        };
+        return Err(JailError::last(what));
+    }
+    Ok(())
+}
+
+/// Mount flags that an unprivileged remount must keep (they are locked in a user namespace).
+fn locked_flags(p: &Path) -> libc::c_ulong {
+    let Ok(c) = cstr(p) else { return 0 };
+    // SAFETY: zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated, `st` is a valid out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    let mut f = 0;
+    for (st_flag, ms) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            f |= ms;
+        }
+    }
+    f
+}
+
+/// Where each jail's tmpfs is mounted (in its private mount namespace; the host only ever
+/// sees an empty directory).
+fn jail_root_dir() -> PathBuf {
+    std::env::temp_dir().join(".cordon-jail-root")
+}
+
+impl MountPlan {
+    /// Checks every bind source exists and every destination is absolute.
+    pub(super) fn prepare(binds: &[Bind]) -> Result<Self, JailError> {
+        let mut out = Vec::new();
+        for b in binds {
+            let meta = std::fs::metadata(&b.src)
+                .map_err(|e| JailError::new(format!("bind source {}", b.src.display()), e))?;
+            if !b.dst.is_absolute() || b.dst.components().any(|c| c == Component::ParentDir) {
+                return Err(JailError::new(
+                    format!("bind destination {}", b.dst.display()),
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "must be absolute, without '..'",
+                    ),
+                ));
+            }
+            cstr(&b.src)?;
+            out.push((b.clone(), meta.is_dir()));
+        }
+        Ok(MountPlan {
+            root: jail_root_dir(),
+            binds: out,
+        })
+    }
+
+    /// In the new mount namespace: private propagation, tmpfs root, bind mounts, read-only
+    /// root, pivot_root, detach the old root.
+    pub(super) fn apply(&self) -> Result<(), JailError> {
+        mount(
+            None,
+            Path::new("/"),
+            None,
+            libc::MS_REC | libc::MS_PRIVATE,
+            None,
+        )?;
+        match std::fs::create_dir(&self.root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(JailError::new(format!("mkdir {}", self.root.display()), e)),
+        }
+        mount(
+            Some(Path::new("tmpfs")),
+            &self.root,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            Some("mode=0755,size=1m,nr_inodes=4096"),
+        )?;
+        for (b, is_dir) in &self.binds {
+            let rel = b.dst.strip_prefix("/").unwrap_or(&b.dst);
+            let target = self.root.join(rel);
+            let parent = target.parent().unwrap_or(&self.root);
+            std::fs::create_dir_all(parent)
+                .map_err(|e| JailError::new(format!("mkdir {}", parent.display()), e))?;
+            let made = if *is_dir {
+                std::fs::create_dir_all(&target)
+            } else {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&target)
+                    .map(|_| ())
+            };
+            made.map_err(|e| {
+                JailError::new(format!("create mount point {}", target.display()), e)
+            })?;
+            mount(
+                Some(&b.src),
+                &target,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            )?;
+            if !b.writable {
+                let flags = libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | locked_flags(&target);
+                mount(None, &target, None, flags, None)?;
+            }
+        }
+        mount(
+            None,
+            &self.root,
+            None,
+            libc::MS_BIND
+                | libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC,
+            None,
+        )?;
+        pivot(&self.root)
+    }
+}
+
+fn pivot(root: &Path) -> Result<(), JailError> {
+    let r = cstr(root)?;
+    let dot = c".";
+    let slash = c"/";
+    // SAFETY: NUL-terminated paths alive for each call.
+    unsafe {
+        if libc::chdir(r.as_ptr()) != 0 {
+            return Err(JailError::last(format!("chdir {}", root.display())));
+        }
+        if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) != 0 {
+            return Err(JailError::last("pivot_root"));
+        }
+        if libc::umount2(dot.as_ptr(), libc::MNT_DETACH) != 0 {
+            return Err(JailError::last("umount old root"));
+        }
+        if libc::chdir(slash.as_ptr()) != 0 {
+            return Err(JailError::last("chdir /"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! Stream checks over TCP (virtio-net) and AF_VSOCK (virtio-vsock): connect and exchange, or
+//! listen, receive and echo.
+
+use crate::hex;
+use crate::report::{emit, Outcome};
+use crate::spec::CheckSpec;
+use crate::sysutil::run;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::io::AsRawFd;
+use std::time::{Duration, Instant};
+
+/// How long a connect is retried while the peer is not listening yet.
+const CONNECT_RETRY: Duration = Duration::from_secs(10);
+
+/// Configures the guest interface (idempotent): `iface` (default: first non-lo), `ip` (CIDR).
+pub fn net_up(c: &CheckSpec) -> Result<String, String> {
+    let iface = match c.params.get("iface") {
+        Some(i) => i.clone(),
+        None => first_iface()?,
+    };
+    let ip = c.str_or("ip", "10.0.2.15/24");
+    run("ip", &["link", "set", "dev", &iface, "up"])?;
+    if let Err(e) = run("ip", &["addr", "add", &ip, "dev", &iface]) {
+        if !e.contains("exists") {
+            return Err(e);
+        }
+    }
+    Ok(iface)
+}
+
+fn first_iface() -> Result<String, String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map_err(|e| format!("/sys/class/net: {e}"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lo")
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .next()
+        .ok_or_else(|| "no network interface (virtio_net missing?)".into())
+}
+
+/// `net-ping:ip=CIDR:peer=IP[:count=3]`: brings the interface up and pings the peer.
+pub fn ping(c: &CheckSpec) -> Result<Outcome, String> {
+    let iface = net_up(c)?;
+    let peer = c.req("peer")?;
+    let count = c.u64_or("count", 3)?.to_string();
+    let text = run("ping", &["-c", &count, "-W", "2", &peer])?;
+    let summary = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("received"))
+        .unwrap_or("")
+        .to_string();
+    Ok(Outcome::pass(format!("{iface}: {summary}")).with("iface", iface))
+}
+
+fn exchange<S: Read + Write>(
+    mut s: S,
+    shut: impl FnOnce(&S),
+    c: &CheckSpec,
+) -> Result<Outcome, String> {
+    let send = c.hex("send")?.unwrap_or_else(|| b"cordon".to_vec());
+    s.write_all(&send).map_err(|e| format!("send: {e}"))?;
+    shut(&s);
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .map_err(|e| format!("receive: {e}"))?;
+    let mut out = Outcome::pass(format!("sent {} bytes, received {}", send.len(), got.len()))
+        .with("received", hex::encode(&got));
+    if let Some(e) = c.hex("expect")? {
+        if e != got {
+            out.ok = false;
+            out.detail = format!("expected {}, got {}", hex::encode(&e), hex::encode(&got));
+        }
+    }
+    Ok(out)
+}
+
+fn echo<S: Read + Write>(mut s: S, c: &CheckSpec) -> Result<Outcome, String> {
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .map_err(|e| format!("receive: {e}"))?;
+    s.write_all(&got).map_err(|e| format!("echo: {e}"))?;
+    let mut out = Outcome::pass(format!("received and echoed {} bytes", got.len()))
+        .with("received", hex::encode(&got));
+    if let Some(e) = c.hex("expect")? {
+        if e != got {
+            out.ok = false;
+            out.detail = format!("expected {}, got {}", hex::encode(&e), hex::encode(&got));
+        }
+    }
+    Ok(out)
+}
+
+fn retry<T>(what: &str, mut f: impl FnMut() -> std::io::Result<T>) -> Result<T, String> {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if start.elapsed() > CONNECT_RETRY => return Err(format!("{what}: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// `net-tcp:ip=CIDR:peer=IP:port=N[:send=HEX][:expect=HEX]`: connects, sends, half-closes,
+/// reads the reply to EOF.
+pub fn tcp_connect(c: &CheckSpec) -> Result<Outcome, String> {
+    net_up(c)?;
+    let addr = format!("{}:{}", c.req("peer")?, c.u64_or("port", 7000)?);
+    let s = retry(&format!("connect {addr}"), || TcpStream::connect(&addr))?;
+    exchange(s, |s| drop(s.shutdown(Shutdown::Write)), c)
+}
+
+/// `net-tcp-listen:ip=CIDR:port=N[:expect=HEX]`: accepts one connection, reads to EOF,
+/// echoes the bytes back.
+pub fn tcp_listen(c: &CheckSpec) -> Result<Outcome, String> {
+    net_up(c)?;
+    let port = c.u64_or("port", 7000)?;
+    let l = TcpListener::bind(("0.0.0.0", port as u16)).map_err(|e| format!("bind {port}: {e}"))?;
+    emit(&format!("CORDON-LISTENING tcp port={port}"));
+    let (s, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
+    echo(s, c)
+}
+
+fn vsock_socket() -> Result<OwnedFd, String> {
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "socket(AF_VSOCK): {} (vsock modules missing?)",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain data; all-zero is valid.
+    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    a.svm_cid = cid;
+    a.svm_port = port;
+    a
+}
+
+const VM_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+
+fn shut_write(f: &File) {
+    // SAFETY: shutdown(2) on an open socket fd.
+    unsafe { libc::shutdown(f.as_raw_fd(), libc::SHUT_WR) };
+}
+
+/// `vsock-connect:cid=2:port=N[:send=HEX][:expect=HEX]`: connects to the host (or `cid`),
+/// sends, half-closes, reads the reply to EOF.
+pub fn vsock_connect(c: &CheckSpec) -> Result<Outcome, String> {
+    let cid = c.u64_or("cid", 2)? as u32;
+    let port = c.u64_or("port", 7000)? as u32;
+    let f = retry(&format!("vsock connect {cid}:{port}"), || {
+        let s = vsock_socket().map_err(std::io::Error::other)?;
+        let a = vsock_addr(cid, port);
+        // SAFETY: a is a valid sockaddr_vm of VM_LEN bytes.
+        let r = unsafe {
+            libc::connect(
+                s.as_raw_fd(),
+                (&a as *const libc::sockaddr_vm).cast(),
+                VM_LEN,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(File::from(s))
+    })?;
+    exchange(f, shut_write, c)
+}
+
+/// `vsock-listen:port=N[:expect=HEX]`: accepts one connection from the host, reads to EOF,
+/// echoes the bytes back.
+pub fn vsock_listen(c: &CheckSpec) -> Result<Outcome, String> {
+    let port = c.u64_or("port", 7000)? as u32;
+    let s = vsock_socket()?;
+    let a = vsock_addr(libc::VMADDR_CID_ANY, port);
+    // SAFETY: a is a valid sockaddr_vm of VM_LEN bytes.
+    if unsafe {
+        libc::bind(
+            s.as_raw_fd(),
+            (&a as *const libc::sockaddr_vm).cast(),
+            VM_LEN,
+        )
+    } != 0
+    {
+        return Err(format!(
+            "vsock bind {port}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: listen(2) on a bound socket.
+    if unsafe { libc::listen(s.as_raw_fd(), 1) } != 0 {
+        return Err(format!("vsock listen: {}", std::io::Error::last_os_error()));
+    }
+    emit(&format!("CORDON-LISTENING vsock port={port}"));
+    // SAFETY: accept(2) with null address pointers.
+    let fd = unsafe {
+        libc::accept4(
+            s.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(format!("vsock accept: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just returned by accept4 and is owned by nobody else.
+    let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    echo(f, c)
+}

@@ -1,0 +1,111 @@
+//! Cordon guest test agent.
+//!
+//! Runs inside a test guest (started by the initramfs's /init), reads the check plan from
+//! the kernel command line (`cordon.checks=...`, see [`spec`]), runs each check with a
+//! timeout, prints one `CORDON-RESULT {json}` line per check on the console and, with
+//! `--poweroff`, powers the guest off. `--checks SPEC` runs a plan given as an argument
+//! instead (handy on a host for trying a check).
+#![deny(missing_docs)]
+
+mod checks;
+mod hex;
+mod report;
+mod spec;
+mod sysutil;
+
+use report::{emit, result_line, Outcome};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage: cordon-guest-agent [--poweroff] [--checks SPEC] [--list]\n\
+  Without --checks, the plan is read from /proc/cmdline (cordon.checks=, cordon.vm=, cordon.timeout=).";
+
+fn run_one(c: &spec::CheckSpec, default_timeout: Duration) -> Outcome {
+    let Some(f) = checks::find(&c.name) else {
+        return Outcome::fail(format!(
+            "unknown check {:?}; known: {}",
+            c.name,
+            checks::names()
+        ));
+    };
+    let timeout = match c.u64_or("timeout", default_timeout.as_secs()) {
+        Ok(t) => Duration::from_secs(t),
+        Err(e) => return Outcome::fail(e),
+    };
+    let (tx, rx) = mpsc::channel();
+    let spec = c.clone();
+    let start = Instant::now();
+    // A hung check (a device that never answers) must not hang the agent: it runs on its
+    // own thread, which is abandoned on timeout.
+    let spawned = std::thread::Builder::new()
+        .name(c.name.clone())
+        .spawn(move || {
+            let r = f(&spec).unwrap_or_else(Outcome::fail);
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        return Outcome::fail(format!("spawn: {e}"));
+    }
+    let out = rx
+        .recv_timeout(timeout)
+        .unwrap_or_else(|_| Outcome::fail(format!("timed out after {} s", timeout.as_secs())));
+    out.with("ms", start.elapsed().as_millis())
+}
+
+fn power_off() {
+    // SAFETY: sync(2) and reboot(2) take no pointers.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::LINUX_REBOOT_CMD_POWER_OFF);
+    }
+}
+
+fn main() {
+    let mut poweroff = false;
+    let mut plan_arg = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--poweroff" => poweroff = true,
+            "--checks" => plan_arg = args.next(),
+            "--list" => {
+                println!("{}", checks::names());
+                return;
+            }
+            _ => {
+                eprintln!("unknown argument {a:?}\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let plan = match plan_arg {
+        Some(p) => spec::parse_cmdline(&format!("cordon.checks={p}")),
+        None => std::fs::read_to_string("/proc/cmdline")
+            .map_err(|e| format!("/proc/cmdline: {e}"))
+            .and_then(|c| spec::parse_cmdline(&c)),
+    };
+    match plan {
+        Err(e) => emit(&format!("CORDON-AGENT-ERROR {}", report::json_str(&e))),
+        Ok(plan) => {
+            emit(&format!(
+                "CORDON-AGENT-START vm={} checks={}",
+                plan.vm,
+                plan.checks.len()
+            ));
+            let mut failed = 0;
+            for c in &plan.checks {
+                let out = run_one(c, plan.timeout);
+                failed += usize::from(!out.ok);
+                emit(&result_line(&plan.vm, c.id, &c.name, &out));
+            }
+            emit(&format!(
+                "CORDON-AGENT-DONE vm={} checks={} failed={failed}",
+                plan.vm,
+                plan.checks.len()
+            ));
+        }
+    }
+    if poweroff {
+        power_off();
+    }
+}

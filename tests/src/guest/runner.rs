@@ -1,0 +1,559 @@
+//! Runner A: a real Debian cloud kernel under QEMU TCG (q35, `-cpu max`, memfd shared
+//! memory) with any set of vhost-user sockets attached; the guest agent's results are
+//! parsed from the serial console.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use cordon_tests::guest::{Check, GuestRunner};
+//! let r = GuestRunner::tcg()
+//!     .vhost_user_blk("/tmp/blk.sock")
+//!     .checks(&[Check::blk_read("vda", 0, 16), Check::blk_flush("vda")])
+//!     .run()?;
+//! assert_eq!(r.check("blk-read")?.bytes("hex")?, b"0123456789abcdef");
+//! # Ok(()) }
+//! ```
+
+use super::assets::{assets, GuestAssets};
+use super::check::{parse_results, Check, CheckResult};
+use super::console::{log_name, logs_dir, panic_line, read_log, tail};
+use super::tools::tool;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Default time a whole boot may take (`CORDON_GUEST_TIMEOUT` seconds overrides).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A device attached to the guest.
+#[derive(Debug, Clone)]
+pub enum Device {
+    /// `vhost-user-blk-pci` on a socket (guest: /dev/vda, vdb, ... in order).
+    Blk(PathBuf),
+    /// `vhost-user-rng-pci` on a socket (guest: /dev/hwrng).
+    Rng(PathBuf),
+    /// `vhost-user-vsock-pci` on a socket (the guest CID comes from the backend).
+    Vsock(PathBuf),
+    /// `virtio-net-pci` with a `vhost-user` netdev on a socket, and the guest MAC.
+    Net(PathBuf, String),
+    /// `vhost-user-device-pci`: any virtio device by id (e.g. 3 = console).
+    Generic {
+        /// The backend's socket.
+        socket: PathBuf,
+        /// Virtio device id.
+        virtio_id: u16,
+        /// Number of virtqueues.
+        num_vqs: u32,
+        /// Config space size (0 = the backend serves none).
+        config_size: u32,
+    },
+    /// QEMU's own virtio console (virtio-serial + virtconsole, guest /dev/hvc0) on a Unix
+    /// socket the harness listens on: a peer to exercise the agent's console check.
+    QemuConsole(PathBuf),
+}
+
+/// Builder of one QEMU TCG guest boot.
+#[derive(Debug, Clone)]
+pub struct GuestRunner {
+    memory_mb: u32,
+    timeout: Duration,
+    devices: Vec<Device>,
+    checks: Vec<Check>,
+    qemu_args: Vec<String>,
+    name: Option<String>,
+    check_timeout: Option<u64>,
+    allow_failures: bool,
+    initramfs: Option<PathBuf>,
+    pub(crate) vm: String,
+    pub(crate) also_expect: Vec<(String, usize)>,
+    pub(crate) required_lines: Vec<String>,
+    pub(crate) exact_name: bool,
+}
+
+impl GuestRunner {
+    /// A guest under QEMU TCG (q35, 512 MiB, 1 vCPU), no devices, no checks.
+    pub fn tcg() -> Self {
+        let timeout = std::env::var("CORDON_GUEST_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        GuestRunner {
+            memory_mb: 512,
+            timeout,
+            devices: Vec::new(),
+            checks: Vec::new(),
+            qemu_args: Vec::new(),
+            name: None,
+            check_timeout: None,
+            allow_failures: false,
+            initramfs: None,
+            vm: "guest".into(),
+            also_expect: Vec::new(),
+            required_lines: Vec::new(),
+            exact_name: false,
+        }
+    }
+
+    /// Attaches a vhost-user block backend.
+    pub fn vhost_user_blk(mut self, socket: impl AsRef<Path>) -> Self {
+        self.devices.push(Device::Blk(socket.as_ref().into()));
+        self
+    }
+
+    /// Attaches a vhost-user rng backend.
+    pub fn vhost_user_rng(mut self, socket: impl AsRef<Path>) -> Self {
+        self.devices.push(Device::Rng(socket.as_ref().into()));
+        self
+    }
+
+    /// Attaches a vhost-user vsock backend.
+    pub fn vhost_user_vsock(mut self, socket: impl AsRef<Path>) -> Self {
+        self.devices.push(Device::Vsock(socket.as_ref().into()));
+        self
+    }
+
+    /// Attaches a vhost-user net backend (guest MAC 52:54:00:12:34:56 + index).
+    pub fn vhost_user_net(mut self, socket: impl AsRef<Path>) -> Self {
+        let n = self
+            .devices
+            .iter()
+            .filter(|d| matches!(d, Device::Net(..)))
+            .count();
+        self.devices.push(Device::Net(
+            socket.as_ref().into(),
+            format!("52:54:00:12:34:{:02x}", 0x56 + n),
+        ));
+        self
+    }
+
+    /// Attaches a vhost-user console backend (virtio id 3, 2 queues) via
+    /// `vhost-user-device-pci`; the guest sees /dev/hvc0. Needs a QEMU that lets users
+    /// create `vhost-user-device-pci`: Debian's QEMU 10 does not (the run then fails with
+    /// "expects a pluggable device type"); use runner B with Cordon's VMM instead.
+    pub fn vhost_user_console(self, socket: impl AsRef<Path>) -> Self {
+        self.vhost_user_device(socket, 3, 2, 0)
+    }
+
+    /// Attaches any vhost-user device through `vhost-user-device-pci`.
+    pub fn vhost_user_device(
+        mut self,
+        socket: impl AsRef<Path>,
+        virtio_id: u16,
+        num_vqs: u32,
+        config_size: u32,
+    ) -> Self {
+        self.devices.push(Device::Generic {
+            socket: socket.as_ref().into(),
+            virtio_id,
+            num_vqs,
+            config_size,
+        });
+        self
+    }
+
+    /// Attaches QEMU's own virtio console, connected to a Unix socket server at `socket`
+    /// that the test must already be listening on.
+    pub fn qemu_console(mut self, socket: impl AsRef<Path>) -> Self {
+        self.devices
+            .push(Device::QemuConsole(socket.as_ref().into()));
+        self
+    }
+
+    /// Adds raw QEMU arguments.
+    pub fn qemu_args(mut self, args: &[&str]) -> Self {
+        self.qemu_args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Adds a check.
+    pub fn check(mut self, c: Check) -> Self {
+        self.checks.push(c);
+        self
+    }
+
+    /// Adds checks.
+    pub fn checks(mut self, cs: &[Check]) -> Self {
+        self.checks.extend_from_slice(cs);
+        self
+    }
+
+    /// Guest memory in MiB.
+    pub fn memory_mb(mut self, mb: u32) -> Self {
+        self.memory_mb = mb;
+        self
+    }
+
+    /// Time the whole boot may take before the guest is killed.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// Per-check timeout inside the guest, in seconds (agent default: 20).
+    pub fn check_timeout(mut self, secs: u64) -> Self {
+        self.check_timeout = Some(secs);
+        self
+    }
+
+    /// Name of the console log (`target/guest-logs/<name>.log`); default: the test's name.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Returns failed checks in the results instead of failing the run.
+    pub fn allow_failures(mut self) -> Self {
+        self.allow_failures = true;
+        self
+    }
+
+    /// Boots this initramfs instead of the standard one.
+    pub fn initramfs(mut self, path: impl AsRef<Path>) -> Self {
+        self.initramfs = Some(path.as_ref().into());
+        self
+    }
+
+    /// The kernel command line for these checks.
+    pub fn cmdline(&self, vm: &str) -> Result<String> {
+        let mut s = format!("console=ttyS0 quiet reboot=t panic=-1 cordon.vm={vm}");
+        if let Some(t) = self.check_timeout {
+            s.push_str(&format!(" cordon.timeout={t}"));
+        }
+        let toks: Vec<String> = self
+            .checks
+            .iter()
+            .map(Check::token)
+            .collect::<Result<_>>()?;
+        if !toks.is_empty() {
+            s.push_str(&format!(" cordon.checks={}", toks.join(",")));
+        }
+        if s.len() > 2000 {
+            bail!("kernel command line too long ({} bytes, max 2000): split the checks over two boots", s.len());
+        }
+        Ok(s)
+    }
+
+    fn qemu_command(&self, a: &GuestAssets, log: &Path) -> Result<Command> {
+        let qemu = tool("qemu-system-x86_64")?;
+        let m = self.memory_mb;
+        let mut cmd = Command::new(qemu);
+        cmd.args(["-M", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1"])
+            .args(["-m", &format!("{m}M")])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ])
+            .args([
+                "-object",
+                &format!("memory-backend-memfd,id=mem,size={m}M,share=on"),
+            ])
+            .args(["-numa", "node,memdev=mem"])
+            .args(["-chardev", &format!("file,id=con0,path={}", log.display())])
+            .args(["-serial", "chardev:con0"])
+            .arg("-kernel")
+            .arg(&a.kernel)
+            .arg("-initrd")
+            .arg(self.initramfs.as_ref().unwrap_or(&a.initramfs))
+            .args(["-append", &self.cmdline(&self.vm)?]);
+        for (i, d) in self.devices.iter().enumerate() {
+            let chardev =
+                |p: &Path, extra: &str| format!("socket,id=vu{i},path={}{extra}", p.display());
+            match d {
+                Device::Blk(p) => {
+                    cmd.args(["-chardev", &chardev(p, "")]);
+                    cmd.args(["-device", &format!("vhost-user-blk-pci,chardev=vu{i}")]);
+                }
+                Device::Rng(p) => {
+                    cmd.args(["-chardev", &chardev(p, "")]);
+                    cmd.args(["-device", &format!("vhost-user-rng-pci,chardev=vu{i}")]);
+                }
+                Device::Vsock(p) => {
+                    cmd.args(["-chardev", &chardev(p, "")]);
+                    cmd.args(["-device", &format!("vhost-user-vsock-pci,chardev=vu{i}")]);
+                }
+                Device::Net(p, mac) => {
+                    cmd.args(["-chardev", &chardev(p, "")]);
+                    cmd.args(["-netdev", &format!("vhost-user,id=net{i},chardev=vu{i}")]);
+                    cmd.args([
+                        "-device",
+                        &format!("virtio-net-pci,netdev=net{i},mac={mac}"),
+                    ]);
+                }
+                Device::Generic {
+                    socket,
+                    virtio_id,
+                    num_vqs,
+                    config_size,
+                } => {
+                    cmd.args(["-chardev", &chardev(socket, "")]);
+                    cmd.args([
+                        "-device",
+                        &format!(
+                            "vhost-user-device-pci,chardev=vu{i},virtio-id={virtio_id},num_vqs={num_vqs},config_size={config_size}"
+                        ),
+                    ]);
+                }
+                Device::QemuConsole(p) => {
+                    cmd.args(["-chardev", &chardev(p, "")]);
+                    cmd.args(["-device", &format!("virtio-serial-pci,id=vser{i}")]);
+                    cmd.args([
+                        "-device",
+                        &format!("virtconsole,bus=vser{i}.0,chardev=vu{i}"),
+                    ]);
+                }
+            }
+        }
+        cmd.args(&self.qemu_args);
+        Ok(cmd)
+    }
+
+    /// Starts the guest; use the handle to interact with it while it runs.
+    pub fn spawn(&self) -> Result<RunningGuest> {
+        let a = assets()?;
+        let dir = logs_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let name = match (&self.name, self.exact_name) {
+            (Some(n), true) => n.clone(),
+            _ => log_name(self.name.as_deref()),
+        };
+        let log = dir.join(format!("{name}.log"));
+        let qemu_log = dir.join(format!("{name}.qemu.log"));
+        let _ = std::fs::remove_file(&log);
+        let mut cmd = self.qemu_command(a, &log)?;
+        let stderr = std::fs::File::create(&qemu_log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(stderr.try_clone()?)
+            .stderr(stderr);
+        log::info!("guest {name}: {cmd:?}");
+        std::fs::write(dir.join(format!("{name}.cmd")), format!("{cmd:?}\n"))?;
+        let child = cmd.spawn().context("starting qemu-system-x86_64")?;
+        Ok(self.running(child, log, qemu_log))
+    }
+
+    /// The handle of a started guest process whose console goes to `log`.
+    pub(crate) fn running(&self, child: Child, log: PathBuf, qemu_log: PathBuf) -> RunningGuest {
+        let mut expect = vec![(self.vm.clone(), self.checks.len())];
+        expect.extend(self.also_expect.iter().cloned());
+        expect.retain(|(vm, _)| !vm.is_empty());
+        RunningGuest {
+            child: Some(child),
+            log,
+            qemu_log,
+            start: Instant::now(),
+            deadline: Instant::now() + self.timeout,
+            expect,
+            required_lines: self.required_lines.clone(),
+            allow_failures: self.allow_failures,
+        }
+    }
+
+    /// Boots the guest, waits for it to power off, returns the parsed results. Fails on a
+    /// timeout, a kernel panic, a missing result line, or (unless
+    /// [`allow_failures`](Self::allow_failures)) a failed check; the error quotes the console.
+    pub fn run(&self) -> Result<Results> {
+        self.spawn()?.finish()
+    }
+}
+
+/// A running guest (killed when dropped).
+pub struct RunningGuest {
+    child: Option<Child>,
+    log: PathBuf,
+    qemu_log: PathBuf,
+    start: Instant,
+    deadline: Instant,
+    expect: Vec<(String, usize)>,
+    required_lines: Vec<String>,
+    allow_failures: bool,
+}
+
+impl RunningGuest {
+    /// Path of the console log.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The console output so far.
+    pub fn console(&self) -> String {
+        read_log(&self.log)
+    }
+
+    fn exited(&mut self) -> Result<bool> {
+        match self.child.as_mut() {
+            None => Ok(true),
+            Some(c) => Ok(c.try_wait()?.is_some()),
+        }
+    }
+
+    /// An error quoting the console tail and the VMM's own output.
+    pub fn failure(&self, what: &str) -> anyhow::Error {
+        let console = self.console();
+        let mut qemu = read_log(&self.qemu_log);
+        if qemu.contains("vhost-user-device-pci") && qemu.contains("pluggable device type") {
+            qemu.push_str(
+                "\n(hint: this QEMU does not let users create vhost-user-device-pci; \
+                 attach the device through runner B with Cordon's VMM instead)",
+            );
+        }
+        anyhow::anyhow!(
+            "guest {what} after {:.1} s\n--- console tail ({}) ---\n{}\n--- vmm output ({}) ---\n{}",
+            self.start.elapsed().as_secs_f64(),
+            self.log.display(),
+            tail(&console),
+            self.qemu_log.display(),
+            tail(&qemu)
+        )
+    }
+
+    /// Waits until the console contains `needle` (e.g. `CORDON-LISTENING vsock port=7000`).
+    pub fn wait_for(&mut self, needle: &str) -> Result<()> {
+        loop {
+            let text = self.console();
+            if text.contains(needle) {
+                return Ok(());
+            }
+            if let Some(p) = panic_line(&text) {
+                return Err(self.failure(&format!("died ({p}) while waiting for {needle:?}")));
+            }
+            if self.exited()? {
+                return Err(self.failure(&format!("exited while waiting for {needle:?}")));
+            }
+            if Instant::now() > self.deadline {
+                self.kill();
+                return Err(self.failure(&format!("timed out waiting for {needle:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the guest.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the guest to power off (killing it at the deadline) and parses its results.
+    pub fn finish(mut self) -> Result<Results> {
+        let status = loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Some(s) = c.try_wait()? {
+                    break Some(s);
+                }
+            }
+            if Instant::now() > self.deadline {
+                self.kill();
+                return Err(self.failure("timed out (killed)"));
+            }
+            // A panicked guest under -no-reboot exits by itself; a paused one is caught here.
+            if panic_line(&self.console()).is_some() {
+                std::thread::sleep(Duration::from_millis(500));
+                self.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let elapsed = self.start.elapsed();
+        self.child = None;
+        let console = self.console();
+        if let Some(p) = panic_line(&console) {
+            return Err(self.failure(&format!("kernel died: {p}")));
+        }
+        if let Some(s) = status {
+            if !s.success() {
+                return Err(self.failure(&format!("VMM exited with {s}")));
+            }
+        }
+        let mut results = Vec::new();
+        for (vm, n) in &self.expect {
+            let rs = parse_results(&console, vm).map_err(|e| self.failure(&format!("{e:#}")))?;
+            if !console.contains(&format!("CORDON-AGENT-DONE vm={vm} ")) {
+                return Err(self.failure(&format!(
+                    "agent of {vm} did not finish ({} of {n} results)",
+                    rs.len()
+                )));
+            }
+            for id in 0..*n {
+                if !rs.iter().any(|r| r.id == id) {
+                    return Err(self.failure(&format!("has no result for {vm} check #{id}")));
+                }
+            }
+            results.extend(rs);
+        }
+        for line in &self.required_lines {
+            if !console.contains(line.as_str()) {
+                return Err(self.failure(&format!("console lacks {line:?}")));
+            }
+        }
+        let r = Results {
+            results,
+            console,
+            log: self.log.clone(),
+            elapsed,
+        };
+        if !self.allow_failures {
+            let failed: Vec<String> = r
+                .results
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{} {} #{}: {}", c.vm, c.check, c.id, c.detail))
+                .collect();
+            if !failed.is_empty() {
+                return Err(self.failure(&format!("checks failed: {}", failed.join("; "))));
+            }
+        }
+        Ok(r)
+    }
+}
+
+impl Drop for RunningGuest {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The results of one guest boot.
+#[derive(Debug, Clone)]
+pub struct Results {
+    /// One entry per check, in plan order.
+    pub results: Vec<CheckResult>,
+    /// The whole console text.
+    pub console: String,
+    /// Where the console log is.
+    pub log: PathBuf,
+    /// Wall time from start to power-off.
+    pub elapsed: Duration,
+}
+
+impl Results {
+    /// The first result of the check named `name`.
+    pub fn check(&self, name: &str) -> Result<&CheckResult> {
+        self.results
+            .iter()
+            .find(|r| r.check == name)
+            .ok_or_else(|| anyhow::anyhow!("no result for check {name} in {}", self.log.display()))
+    }
+
+    /// The first result of the check named `name` reported by guest `vm` (`l1`, `l2`).
+    pub fn check_in(&self, vm: &str, name: &str) -> Result<&CheckResult> {
+        self.results
+            .iter()
+            .find(|r| r.check == name && r.vm == vm)
+            .ok_or_else(|| {
+                anyhow::anyhow!("no result for {vm} check {name} in {}", self.log.display())
+            })
+    }
+
+    /// The result of check number `id` (its position in the plan).
+    pub fn nth(&self, id: usize) -> Result<&CheckResult> {
+        self.results
+            .iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| anyhow::anyhow!("no result for check #{id} in {}", self.log.display()))
+    }
+}

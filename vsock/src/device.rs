@@ -1,0 +1,340 @@
+//! The vhost-user backend: moves packets between the virtqueues and the [`Muxer`].
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use log::{error, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::muxer::Muxer;
+use crate::packet::{Header, HDR_LEN, MAX_PKT_PAYLOAD};
+
+/// Index of the RX queue (device to guest).
+pub const RX_QUEUE: u16 = 0;
+/// Index of the TX queue (guest to device).
+pub const TX_QUEUE: u16 = 1;
+/// Index of the event queue (unused: no transport reset events are sent).
+pub const EVT_QUEUE: u16 = 2;
+/// Number of virtqueues.
+pub const NUM_QUEUES: usize = 3;
+/// Queue size the device accepts.
+pub const QUEUE_SIZE: usize = 1024;
+/// `handle_event` id of the muxer's epoll fd (after the queues and the exit event).
+pub const HOST_EVENT: u16 = NUM_QUEUES as u16 + 1;
+
+type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// Device configuration (`cid=`, `uds-path=`).
+#[derive(Clone, Debug)]
+pub struct VsockConfig {
+    /// The guest's context id (>= 3).
+    pub guest_cid: u64,
+    /// Host Unix socket path; guest connections to port P go to `<uds_path>_<P>`.
+    pub uds_path: PathBuf,
+}
+
+struct Inner {
+    mem: Option<Mem>,
+    event_idx: bool,
+    muxer: Muxer,
+    buf: Vec<u8>,
+}
+
+/// The virtio-vsock vhost-user backend.
+pub struct VsockDevice {
+    cfg: VsockConfig,
+    inner: Mutex<Inner>,
+}
+
+impl VsockDevice {
+    /// Creates the device and binds its host listener.
+    pub fn new(cfg: VsockConfig) -> io::Result<VsockDevice> {
+        if cfg.guest_cid < 3 || cfg.guest_cid > u32::MAX as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "cid={} invalid: the guest CID must be between 3 and 4294967295",
+                    cfg.guest_cid
+                ),
+            ));
+        }
+        let muxer = Muxer::new(cfg.guest_cid, &cfg.uds_path)?;
+        Ok(VsockDevice {
+            cfg,
+            inner: Mutex::new(Inner {
+                mem: None,
+                event_idx: false,
+                muxer,
+                buf: Vec::new(),
+            }),
+        })
+    }
+
+    /// The fd to register with the vhost-user epoll handler under [`HOST_EVENT`].
+    pub fn host_event_fd(&self) -> std::os::fd::RawFd {
+        self.lock().muxer.epoll_fd()
+    }
+
+    /// Number of open connections (for diagnostics and tests).
+    pub fn conn_count(&self) -> usize {
+        self.lock().muxer.conn_count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drives queues and host sockets: the body of `handle_event`.
+    pub fn process(&self, event: u16, vrings: &[VringRwLock]) -> io::Result<()> {
+        let mut inner = self.lock();
+        let Some(mem) = inner.mem.clone() else {
+            return Ok(());
+        };
+        if vrings.len() < NUM_QUEUES {
+            return Ok(());
+        }
+        let mem = mem.memory();
+        match event {
+            RX_QUEUE | TX_QUEUE | HOST_EVENT => {}
+            EVT_QUEUE => return Ok(()),
+            other => {
+                warn!("vsock: unexpected event {other}");
+                return Ok(());
+            }
+        }
+        if event == HOST_EVENT {
+            inner.muxer.handle_host_events();
+        }
+        // TX may create RX work and RX may unblock TX: alternate until both settle.
+        loop {
+            let tx_more = process_tx(&mut inner, &mem, &vrings[TX_QUEUE as usize])?;
+            process_rx(&mut inner, &mem, &vrings[RX_QUEUE as usize])?;
+            if !tx_more || inner.muxer.tx_blocked() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves guest packets into the muxer. Returns true if it stopped early (backlog).
+fn process_tx(
+    inner: &mut Inner,
+    mem: &GuestMemoryLoadGuard<GuestMemoryMmap>,
+    vring: &VringRwLock,
+) -> io::Result<bool> {
+    let mut used_any = false;
+    let mut stopped = false;
+    loop {
+        if inner.event_idx {
+            vring.disable_notification().map_err(io::Error::other)?;
+        }
+        loop {
+            if inner.muxer.tx_blocked() {
+                stopped = true;
+                break;
+            }
+            let chain = vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(mem.clone());
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            handle_tx_chain(inner, mem, chain);
+            vring.add_used(head, 0).map_err(io::Error::other)?;
+            used_any = true;
+        }
+        if stopped || !inner.event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+            break;
+        }
+    }
+    if used_any && vring.needs_notification().map_err(io::Error::other)? {
+        vring.signal_used_queue()?;
+    }
+    Ok(stopped)
+}
+
+fn handle_tx_chain(
+    inner: &mut Inner,
+    mem: &GuestMemoryLoadGuard<GuestMemoryMmap>,
+    chain: DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap>>,
+) {
+    let mut reader = match virtio_queue::Reader::new(&**mem, chain) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("vsock: unreadable TX descriptor chain: {e}");
+            return;
+        }
+    };
+    let mut hb = [0u8; HDR_LEN];
+    if reader.read_exact(&mut hb).is_err() {
+        warn!("vsock: TX packet shorter than the 44-byte header");
+        return;
+    }
+    let Ok(hdr) = Header::decode(&hb) else { return };
+    let avail = reader.available_bytes();
+    let n = (hdr.len as usize).min(avail).min(MAX_PKT_PAYLOAD as usize);
+    let mut payload = std::mem::take(&mut inner.buf);
+    payload.resize(n, 0);
+    if reader.read_exact(&mut payload).is_err() {
+        warn!("vsock: TX payload unreadable");
+        inner.buf = payload;
+        return;
+    }
+    // A header whose `len` exceeds the bytes present fails validation (BadLen -> RST).
+    inner.muxer.handle_guest_packet(&hdr, &payload);
+    inner.buf = payload;
+}
+
+/// Fills RX buffers from the muxer until it or the queue runs dry.
+fn process_rx(
+    inner: &mut Inner,
+    mem: &GuestMemoryLoadGuard<GuestMemoryMmap>,
+    vring: &VringRwLock,
+) -> io::Result<()> {
+    let mut used_any = false;
+    let mut out = Vec::with_capacity(MAX_PKT_PAYLOAD as usize);
+    'outer: loop {
+        if inner.event_idx {
+            vring.disable_notification().map_err(io::Error::other)?;
+        }
+        while inner.muxer.has_rx() {
+            let chain = vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(mem.clone());
+            let Some(chain) = chain else {
+                // Out of buffers: wait for the guest's kick (back-pressure, nothing dropped).
+                if inner.event_idx && vring.enable_notification().map_err(io::Error::other)? {
+                    continue 'outer;
+                }
+                break 'outer;
+            };
+            let head = chain.head_index();
+            let mut writer = match virtio_queue::Writer::new(&**mem, chain) {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!("vsock: bad RX descriptor chain: {e}");
+                    vring.add_used(head, 0).map_err(io::Error::other)?;
+                    used_any = true;
+                    continue;
+                }
+            };
+            let room = writer.available_bytes();
+            if room < HDR_LEN {
+                warn!("vsock: RX buffer of {room} bytes is smaller than the header");
+                vring.add_used(head, 0).map_err(io::Error::other)?;
+                used_any = true;
+                continue;
+            }
+            let Some(hdr) = inner.muxer.next_rx(room - HDR_LEN, &mut out) else {
+                vring.get_mut().get_queue_mut().go_to_previous_position();
+                break 'outer;
+            };
+            let ok = writer.write_all(&hdr.encode()).is_ok() && writer.write_all(&out).is_ok();
+            if !ok {
+                error!("vsock: RX buffer write failed");
+            }
+            let len = writer.bytes_written() as u32;
+            vring.add_used(head, len).map_err(io::Error::other)?;
+            used_any = true;
+        }
+        if !inner.event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+            break;
+        }
+    }
+    if used_any && vring.needs_notification().map_err(io::Error::other)? {
+        vring.signal_used_queue()?;
+    }
+    Ok(())
+}
+
+impl VhostUserBackend for VsockDevice {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.lock().event_idx = enabled;
+    }
+
+    fn reset_device(&self) {
+        self.lock().muxer.reset();
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let cfg = self.cfg.guest_cid.to_le_bytes();
+        let start = (offset as usize).min(cfg.len());
+        let end = start.saturating_add(size as usize).min(cfg.len());
+        cfg[start..end].to_vec()
+    }
+
+    fn update_memory(&self, mem: Mem) -> io::Result<()> {
+        self.lock().mem = Some(mem);
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN && device_event != HOST_EVENT {
+            warn!("vsock: unexpected event set {evset:?} for {device_event}");
+        }
+        // Errors are logged, not returned: returning one would stop the worker thread.
+        if let Err(e) = self.process(device_event, vrings) {
+            error!("vsock: queue processing failed: {e}");
+        }
+        Ok(())
+    }
+}
+
+impl cordon_backends::Backend for VsockDevice {
+    fn connected(
+        &self,
+        workers: Vec<std::sync::Arc<dyn cordon_backends::EventRegistrar>>,
+    ) -> io::Result<()> {
+        let w = workers
+            .first()
+            .ok_or_else(|| io::Error::other("no vring worker"))?;
+        w.register(self.host_event_fd(), EventSet::IN, HOST_EVENT as u64)
+    }
+
+    fn disconnected(&self) {
+        let mut inner = self.lock();
+        inner.muxer.reset();
+        inner.mem = None;
+    }
+}
