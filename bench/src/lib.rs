@@ -2,3 +2,5 @@
 
 /// Block device benchmark (block-device vs qemu-storage-daemon vs host I/O).
 pub mod block;
+pub mod libseccomp;
+pub mod seccomp;

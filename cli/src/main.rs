@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run one vhost-user device backend: `cordon device <kind> --socket-path PATH ...`.
     Device(device::DeviceCmd),
+    /// Run many jailed device backends at once: `cordon devices --rng vhost=SOCK ...`.
+    Devices(devices::DevicesCmd),
     /// Lint, compile, disassemble, simulate, measure and generate seccomp policies.
     Seccomp(seccomp::SeccompCmd),
     /// Boot a Linux guest in Cordon's KVM VMM (devices are vhost-user backends).
@@ -35,6 +37,7 @@ fn main() -> std::process::ExitCode {
     cordon_backends::device::init_logging();
     let result = match Cli::parse().command {
         Command::Device(cmd) => device::run(cmd),
+        Command::Devices(cmd) => devices::run(cmd),
         Command::Seccomp(cmd) => seccomp::run(cmd),
         Command::Run(a) => std::process::exit(run::main(a)),
         Command::Stop(a) => ctl::stop(a),

@@ -85,9 +85,28 @@ impl BackendProcess {
         self.child.id()
     }
 
-    /// What /proc says about its confinement.
+    /// The process actually serving the device: Cordon's backends run it jailed as a
+    /// descendant (`<kind>-device` waits outside the jail, the device is PID 1 of its own PID
+    /// namespace); this follows the single-child chain down to the leaf.
+    pub fn device_pid(&self) -> u32 {
+        let mut pid = self.pid();
+        loop {
+            let kids: Vec<u32> =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|s| s.parse().ok())
+                    .collect();
+            match kids.as_slice() {
+                [only] => pid = *only,
+                _ => return pid,
+            }
+        }
+    }
+
+    /// What /proc says about the confinement of the device process.
     pub fn jail_facts(&self) -> Result<JailFacts> {
-        JailFacts::of(self.pid())
+        JailFacts::of(self.device_pid())
     }
 
     /// Its output so far.
