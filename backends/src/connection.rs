@@ -235,6 +235,12 @@ impl RemoveOnDrop {
         }
     }
 
+    /// The directory descriptor used for the removal, if it could be opened.
+    pub fn dir_fd(&self) -> Option<RawFd> {
+        use std::os::fd::AsRawFd;
+        self.dir.as_ref().map(|d| d.as_raw_fd())
+    }
+
     /// The guarded path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -66,11 +66,13 @@ pub fn run_opened(
         config: SandboxConfig::from(&common.sandbox),
         policy: dev.policy(),
         mounts: dev.mounts(),
+        keep_fds: None,
     };
     let opts = ServeOptions {
         name: name.to_string(),
         once: common.once,
         jail: Some(jail),
+        supervised: false,
     };
     dev.serve(endpoint, opts)
 }

@@ -5,15 +5,16 @@
 #![deny(missing_docs)]
 
 pub mod connection;
+pub mod control;
 pub mod device;
 pub mod kv;
-pub mod policy;
 pub mod queue;
 pub mod relay;
 pub mod sandbox;
 pub mod serve;
 pub mod served;
 pub mod signals;
+pub mod supervisor;
 
 pub use connection::{Connection, ConnectionArgs, Endpoint};
 pub use device::{CommonArgs, DeviceKind, OpenedDevice};

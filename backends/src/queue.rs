@@ -13,9 +13,6 @@ pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 /// One descriptor chain popped from an available ring.
 pub type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap<()>>>;
 
-/// Most chains handled per call, so one queue cannot starve the others forever.
-pub const MAX_CHAINS_PER_CALL: usize = 4096;
-
 /// Handles every available chain of `vring` with `handle`, which returns how many bytes it
 /// wrote into the chain. A chain whose handler fails is logged and returned with length 0.
 /// Returns the number of chains handled.
@@ -23,9 +20,25 @@ pub fn process_queue<F>(
     vring: &VringRwLock,
     mem: &GuestMem,
     event_idx: bool,
+    handle: F,
+) -> io::Result<usize>
+where
+    F: FnMut(Chain) -> io::Result<u32>,
+{
+    process_queue_while(vring, mem, event_idx, || true, handle)
+}
+
+/// Like [`process_queue`], but pops a chain only while `more()` says there is work for it
+/// (e.g. a receive queue with pending input); chains stay available otherwise.
+pub fn process_queue_while<P, F>(
+    vring: &VringRwLock,
+    mem: &GuestMem,
+    event_idx: bool,
+    mut more: P,
     mut handle: F,
 ) -> io::Result<usize>
 where
+    P: FnMut() -> bool,
     F: FnMut(Chain) -> io::Result<u32>,
 {
     let qerr = |e: virtio_queue::Error| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
@@ -34,7 +47,7 @@ where
         if event_idx {
             vring.disable_notification().map_err(qerr)?;
         }
-        while count < MAX_CHAINS_PER_CALL {
+        while more() {
             let next = vring
                 .get_mut()
                 .get_queue_mut()
@@ -51,10 +64,11 @@ where
             vring.add_used(head, len).map_err(qerr)?;
             count += 1;
         }
-        if count >= MAX_CHAINS_PER_CALL
-            || !event_idx
-            || !vring.enable_notification().map_err(qerr)?
-        {
+        if !event_idx {
+            break;
+        }
+        // Re-arm notifications; loop again if the driver added buffers meanwhile.
+        if !vring.enable_notification().map_err(qerr)? || !more() {
             break;
         }
     }

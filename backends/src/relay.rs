@@ -47,6 +47,15 @@ impl Relay {
         })
     }
 
+    /// Descriptors the relay needs (to keep open in the jail).
+    pub fn fds(&self) -> Vec<RawFd> {
+        vec![
+            self.listener.as_raw_fd(),
+            self.inner.as_raw_fd(),
+            self.outer.as_raw_fd(),
+        ]
+    }
+
     /// Starts the two copy threads and returns; they end when either side closes.
     pub fn start(self) -> io::Result<()> {
         let (a_in, a_out) = (self.outer.try_clone()?, self.inner.try_clone()?);

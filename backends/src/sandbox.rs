@@ -1,14 +1,13 @@
 //! The jail every backend enters after opening its socket and resources.
 //!
-//! A jail is: private mount, IPC, UTS and network namespaces; an empty read-only tmpfs as the
-//! root (pivot_root) holding only the bind mounts the device declared; no capabilities;
-//! `no_new_privs`; and the device's seccomp policy `<dev>_device_vhost_user.policy` (compiled
-//! by `cordon-seccomp`). Must be entered while the process is still single-threaded.
+//! The jail is `cordon_seccomp::Jail`: private mount, PID, IPC, UTS and network namespaces;
+//! an empty read-only tmpfs root holding only the bind mounts the device declared; every fd
+//! closed but the kept ones; no capabilities; `no_new_privs`; and the device's seccomp policy
+//! `<dev>_device_vhost_user.policy`. Must be entered while the process is single-threaded.
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::RawFd;
+use std::path::PathBuf;
 
 use clap::Args;
 
@@ -40,7 +39,8 @@ pub struct SandboxArgs {
 pub struct SandboxConfig {
     /// No jail at all.
     pub disabled: bool,
-    /// Empty directory used as the jail root's mount point (default `/var/empty`).
+    /// crosvm's `pivot-root=DIR`: accepted and checked to be a directory; the jail root is
+    /// always a private, empty tmpfs.
     pub pivot_root: Option<PathBuf>,
     /// Where to find policy files (default: the policies built into the binary).
     pub policy_dir: Option<PathBuf>,
@@ -68,240 +68,125 @@ pub struct JailPlan {
     pub policy: String,
     /// Host paths to make visible.
     pub mounts: Vec<BindMount>,
+    /// Descriptors to keep open besides stdio and the serving loop's own; `None` keeps every
+    /// descriptor open at jail time (standalone binaries, whose fds are all their own).
+    pub keep_fds: Option<Vec<RawFd>>,
 }
 
 /// Error entering the jail.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot enter the jail ({step}): {source}")]
+#[error("cannot enter the jail ({step}): {reason}")]
 pub struct JailError {
     step: String,
-    #[source]
-    source: io::Error,
+    reason: String,
 }
 
-fn step<T>(what: &str, r: io::Result<T>) -> Result<T, JailError> {
-    r.map_err(|source| JailError {
-        step: what.to_string(),
-        source,
-    })
-}
-
-fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+fn err(step: &str, reason: impl std::fmt::Display) -> JailError {
+    JailError {
+        step: step.to_string(),
+        reason: reason.to_string(),
     }
 }
 
-fn mount(
-    src: Option<&Path>,
-    dst: &Path,
-    fstype: Option<&str>,
-    flags: libc::c_ulong,
-    data: Option<&str>,
-) -> io::Result<()> {
-    let src = src.map(cstr).transpose()?;
-    let dst = cstr(dst)?;
-    let fstype = fstype.map(|s| CString::new(s).unwrap_or_default());
-    let data = data.map(|s| CString::new(s).unwrap_or_default());
-    // SAFETY: all pointers are valid NUL-terminated strings or null.
-    check(unsafe {
-        libc::mount(
-            src.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            dst.as_ptr(),
-            fstype.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            flags,
-            data.as_ref()
-                .map_or(std::ptr::null(), |s| s.as_ptr() as *const libc::c_void),
-        )
-    })
+/// Every open descriptor of this process (from /proc/self/fd).
+pub fn open_fds() -> io::Result<Vec<RawFd>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fd")? {
+        if let Some(fd) = e?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<RawFd>().ok())
+        {
+            v.push(fd);
+        }
+    }
+    // Drop the descriptor read_dir itself used (closed by now).
+    // SAFETY: F_GETFD only queries the descriptor flags.
+    v.retain(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+    v.sort_unstable();
+    Ok(v)
 }
 
 impl JailPlan {
-    /// Enters the jail. Call after every resource and the socket are open, before threads.
-    pub fn enter(&self) -> Result<(), JailError> {
-        if self.config.disabled {
-            log::warn!("sandbox disabled: running without namespaces or seccomp");
-            return Ok(());
+    /// Loads the policy (audit mode: compiled from source with the `log` default action).
+    fn load_policy(&self) -> Result<cordon_seccomp::BpfProgram, JailError> {
+        use cordon_seccomp::{compile, parse_file, Action, Arch, CompileOptions};
+        let what = format!("seccomp policy {}", self.policy);
+        if !self.config.log_failures {
+            return cordon_seccomp::load_policy(&self.policy, self.config.policy_dir.as_deref())
+                .map_err(|e| err(&what, e));
         }
-        self.enter_namespaces()?;
-        // SAFETY: prctl with constant arguments.
-        step(
-            "no_new_privs",
-            check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }),
-        )?;
-        drop_capabilities()?;
-        crate::policy::install(&self.policy, &self.config).map_err(|e| JailError {
-            step: format!("seccomp policy {}", self.policy),
-            source: io::Error::other(e.to_string()),
-        })?;
-        log::info!("jailed with policy {}", self.policy);
-        Ok(())
-    }
-
-    fn enter_namespaces(&self) -> Result<(), JailError> {
-        let flags =
-            libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
-        // SAFETY: unshare only changes this process's namespaces.
-        step("unshare", check(unsafe { libc::unshare(flags) }))?;
-        step(
-            "make mounts private",
-            mount(
-                None,
-                Path::new("/"),
-                None,
-                libc::MS_REC | libc::MS_PRIVATE,
-                None,
-            ),
-        )?;
-        let root = self
+        let dir = self
             .config
-            .pivot_root
+            .policy_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from("/var/empty"));
-        step("create pivot root", std::fs::create_dir_all(&root))?;
-        step(
-            "mount jail root",
-            mount(
-                Some(Path::new("tmpfs")),
-                &root,
-                Some("tmpfs"),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                Some("size=64k,mode=0755"),
-            ),
-        )?;
-        for m in &self.mounts {
-            self.bind(&root, m)?;
+            .unwrap_or_else(|| cordon_seccomp::source_policy_dir(Arch::native()));
+        let path = dir.join(format!("{}.policy", self.policy));
+        if !path.is_file() {
+            return Err(err(
+                &what,
+                format!(
+                    "--seccomp-log-failures compiles the policy source, and {} does not exist; pass --seccomp-policy-dir",
+                    path.display()
+                ),
+            ));
         }
-        let old = root.join(".old_root");
-        step("create old root", std::fs::create_dir_all(&old))?;
-        let (r, o) = (
-            step("root path", cstr(&root))?,
-            step("old root path", cstr(&old))?,
-        );
-        // SAFETY: pivot_root with two valid paths.
-        step(
-            "pivot_root",
-            check(unsafe {
-                libc::syscall(libc::SYS_pivot_root, r.as_ptr(), o.as_ptr()) as libc::c_int
-            }),
-        )?;
-        step("chdir /", std::env::set_current_dir("/"))?;
-        let old_in = cstr(Path::new("/.old_root")).map_err(|e| JailError {
-            step: "old root".into(),
-            source: e,
-        })?;
-        // SAFETY: detaching the old root, a valid path.
-        step(
-            "detach old root",
-            check(unsafe { libc::umount2(old_in.as_ptr(), libc::MNT_DETACH) }),
-        )?;
-        let _ = std::fs::remove_dir("/.old_root");
-        step(
-            "read-only root",
-            mount(
-                None,
-                Path::new("/"),
-                None,
-                libc::MS_REMOUNT
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV
-                    | libc::MS_NOEXEC,
-                None,
-            ),
-        )?;
-        Ok(())
+        let parsed = parse_file(&path, Arch::native()).map_err(|e| err(&what, e))?;
+        let opts = CompileOptions {
+            default_action: Action::Log,
+        };
+        compile(&parsed, &opts).map_err(|e| err(&what, e))
     }
 
-    fn bind(&self, root: &Path, m: &BindMount) -> Result<(), JailError> {
-        let rel = m.path.strip_prefix("/").unwrap_or(&m.path);
-        let dst = root.join(rel);
-        let is_dir = step(
-            &format!("stat {}", m.path.display()),
-            std::fs::metadata(&m.path),
-        )?
-        .is_dir();
-        if is_dir {
-            step("mkdir mount point", std::fs::create_dir_all(&dst))?;
-        } else {
-            if let Some(parent) = dst.parent() {
-                step("mkdir mount point", std::fs::create_dir_all(parent))?;
+    /// Builds the `cordon_seccomp::Jail` for this plan (policy loaded now, while host paths
+    /// are visible). `extra_keep` are descriptors the serving loop itself needs. Run the
+    /// device with `Jail::fork_jailed` (the jailed process is PID 1 of a new PID namespace,
+    /// which lets it create threads).
+    pub fn build(&self, extra_keep: &[RawFd]) -> Result<cordon_seccomp::Jail, JailError> {
+        if let Some(dir) = &self.config.pivot_root {
+            if !dir.is_dir() {
+                return Err(err(
+                    "pivot-root",
+                    format!("{} is not a directory", dir.display()),
+                ));
             }
-            step(
-                "create mount point",
-                std::fs::File::create(&dst).map(|_| ()),
-            )?;
         }
-        let what = format!("bind {}", m.path.display());
-        step(
-            &what,
-            mount(
-                Some(&m.path),
-                &dst,
-                None,
-                libc::MS_BIND | libc::MS_REC,
-                None,
-            ),
-        )?;
-        if !m.writable {
-            step(
-                &what,
-                mount(
-                    None,
-                    &dst,
-                    None,
-                    libc::MS_REMOUNT
-                        | libc::MS_BIND
-                        | libc::MS_RDONLY
-                        | libc::MS_NOSUID
-                        | libc::MS_NODEV,
-                    None,
-                ),
-            )?;
+        let prog = self.load_policy()?;
+        let mut keep: Vec<RawFd> = match &self.keep_fds {
+            Some(k) => k.clone(),
+            None => open_fds().map_err(|e| err("list open fds", e))?,
+        };
+        keep.extend_from_slice(extra_keep);
+        let mut jail = cordon_seccomp::Jail::new()
+            .net_namespace(true)
+            .keep_fds(&keep)
+            .log_failures(self.config.log_failures)
+            .policy(prog);
+        for m in &self.mounts {
+            jail = if m.writable {
+                jail.bind_rw(&m.path)
+            } else {
+                jail.bind_ro(&m.path)
+            };
         }
-        Ok(())
+        log::info!(
+            "jail: policy {}{}",
+            self.policy,
+            if self.config.log_failures {
+                " (audit mode: denials are logged, not enforced)"
+            } else {
+                ""
+            }
+        );
+        Ok(jail)
     }
 }
 
-fn drop_capabilities() -> Result<(), JailError> {
-    // Drop the bounding set first (needs CAP_SETPCAP, which we still have).
-    for cap in 0..=63 {
-        // SAFETY: prctl with integer arguments; EINVAL past the last capability is expected.
-        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
-        if rc < 0 {
-            break;
-        }
+impl JailError {
+    /// Wraps an error of `cordon_seccomp`'s jail.
+    pub fn from_seccomp(e: cordon_seccomp::jail::JailError) -> Self {
+        err("jail", e)
     }
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Default, Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut hdr = Header {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let data = [Data::default(); 2];
-    // SAFETY: capset with a v3 header and two zeroed data structs, as the ABI requires.
-    step(
-        "drop capabilities",
-        check(unsafe {
-            libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, data.as_ptr()) as libc::c_int
-        }),
-    )
 }
 
 #[cfg(test)]
@@ -317,6 +202,6 @@ mod tests {
         };
         let c = SandboxConfig::from(&a);
         assert!(c.disabled && c.log_failures);
-        assert_eq!(c.policy_dir.as_deref(), Some(Path::new("/p")));
+        assert_eq!(c.policy_dir.as_deref(), Some(std::path::Path::new("/p")));
     }
 }

@@ -1,7 +1,7 @@
 //! The generic serving loop: accept a frontend, serve it, reset, wait for the next one.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use vhost::vhost_user::Listener;
@@ -61,6 +61,9 @@ pub struct ServeOptions {
     pub once: bool,
     /// Jail to enter once the endpoint is ready (None: the caller already jailed or disabled).
     pub jail: Option<JailPlan>,
+    /// Run by a supervisor (`cordon devices`) that handles signals and socket files: serve
+    /// only runs the loop.
+    pub supervised: bool,
 }
 
 /// Error from [`serve`].
@@ -99,7 +102,7 @@ pub fn serve<B: Backend>(
         opts.name.clone()
     };
     // Keep the endpoint alive (it removes its socket file on drop).
-    let (mut listener, relay, single, keep) = match endpoint {
+    let (listener, relay, single, keep) = match endpoint {
         Endpoint::Listener { listener, remove } => (
             Listener::from(listener),
             None,
@@ -112,24 +115,80 @@ pub fn serve<B: Backend>(
             (Listener::from(l), Some(relay), true, None)
         }
     };
-    crate::signals::block_termination_signals().map_err(ServeError::Relay)?;
-    if let Some(jail) = &opts.jail {
-        jail.enter()?;
-    }
-    let guard = keep.clone();
-    crate::signals::exit_on_termination(name.clone(), move || {
-        if let Some(g) = guard {
-            g.remove();
+    match opts.jail.as_ref().filter(|j| !j.config.disabled) {
+        Some(plan) => {
+            let mut extra = vec![listener.as_raw_fd()];
+            if let Some(r) = &relay {
+                extra.extend(r.fds());
+            }
+            let jail = plan.build(&extra)?;
+            crate::signals::block_termination_signals().map_err(ServeError::Relay)?;
+            let loop_name = name.clone();
+            let child = jail
+                .fork_jailed(move || {
+                    set_process_name(&loop_name);
+                    match serve_loop(backend, listener, relay, single, &loop_name) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            log::error!("{loop_name}: {e}");
+                            1
+                        }
+                    }
+                })
+                .map_err(|e| ServeError::Jail(crate::sandbox::JailError::from_seccomp(e)))?;
+            log::info!("{name}: serving in jailed process {}", child.pid());
+            let result = crate::signals::wait_forwarding(&name, child);
+            if let Some(k) = &keep {
+                k.remove();
+            }
+            result.map_err(ServeError::Connection)
         }
-    })
-    .map_err(ServeError::Relay)?;
+        None if opts.supervised => serve_loop(backend, listener, relay, single, &name),
+        None => {
+            if opts.jail.is_some() {
+                log::warn!("{name}: sandbox disabled: no namespaces, no seccomp filter");
+            }
+            crate::signals::block_termination_signals().map_err(ServeError::Relay)?;
+            let guard = keep.clone();
+            crate::signals::exit_on_termination(name.clone(), move || {
+                if let Some(g) = guard {
+                    g.remove();
+                }
+            })
+            .map_err(ServeError::Relay)?;
+            let r = serve_loop(backend, listener, relay, single, &name);
+            if let Some(k) = &keep {
+                k.remove();
+            }
+            r
+        }
+    }
+}
+
+/// Sets the process name (`comm`, shown by ps/top) to `name`, e.g. `rng-0`.
+pub fn set_process_name(name: &str) {
+    if let Ok(c) = std::ffi::CString::new(name.chars().take(15).collect::<String>()) {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr(), 0, 0, 0) };
+    }
+}
+
+/// The serving loop proper (already jailed, or unjailed by choice): one fresh daemon per
+/// frontend, reset between frontends; returns after one frontend when `single`.
+fn serve_loop<B: Backend>(
+    backend: Arc<B>,
+    mut listener: Listener,
+    relay: Option<Relay>,
+    single: bool,
+    name: &str,
+) -> Result<(), ServeError> {
     if let Some(relay) = relay {
         relay.start().map_err(ServeError::Relay)?;
     }
     loop {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let served = Served::new(backend.clone());
-        let mut daemon = VhostUserDaemon::new(name.clone(), served, mem)
+        let mut daemon = VhostUserDaemon::new(name.to_string(), served, mem)
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
         let registrars: Vec<Arc<dyn EventRegistrar>> = daemon
             .get_epoll_handlers()
@@ -158,9 +217,6 @@ pub fn serve<B: Backend>(
             Err(e) => log::warn!("{name}: frontend dropped after an error: {e}"),
         }
         if single {
-            if let Some(k) = &keep {
-                k.remove();
-            }
             return outcome.map_err(ServeError::Connection);
         }
     }

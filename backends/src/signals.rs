@@ -51,3 +51,62 @@ pub fn exit_on_termination<F: FnOnce() + Send + 'static>(
         })?;
     Ok(())
 }
+
+/// Waits for a jailed child, stopping it (SIGKILL: it keeps no state worth flushing, and its
+/// waiting outer process has the termination signals blocked) when this process gets
+/// SIGINT/SIGTERM/SIGHUP. Call [`block_termination_signals`] before forking the child. A
+/// child stopped that way, or exiting 0, is a clean stop; anything else is an error.
+pub fn wait_forwarding(name: &str, child: cordon_seccomp::jail::JailedChild) -> Result<(), String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let pid = child.pid();
+    let forwarded = Arc::new(AtomicBool::new(false));
+    {
+        let fwd = forwarded.clone();
+        let _ = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let s = set();
+                let mut sig: libc::c_int = 0;
+                loop {
+                    // SAFETY: sigwait with a valid set and out-pointer.
+                    if unsafe { libc::sigwait(&s, &mut sig) } == 0 {
+                        fwd.store(true, Ordering::SeqCst);
+                        // SAFETY: signalling our own child.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            });
+    }
+    match child.wait() {
+        Ok(cordon_seccomp::jail::ChildExit::Exited(0)) => Ok(()),
+        Ok(cordon_seccomp::jail::ChildExit::Signaled(_)) if forwarded.load(Ordering::SeqCst) => {
+            log::info!("{name}: stopped");
+            Ok(())
+        }
+        Ok(cordon_seccomp::jail::ChildExit::Exited(c)) => {
+            Err(format!("jailed process exited with status {c}"))
+        }
+        Ok(cordon_seccomp::jail::ChildExit::Signaled(s)) => Err(format!(
+            "jailed process killed by signal {s}{}",
+            if s == libc::SIGSYS {
+                " (SIGSYS: a syscall outside its seccomp policy)"
+            } else {
+                ""
+            }
+        )),
+        Err(e) => Err(format!("waiting for the jailed process: {e}")),
+    }
+}
+
+/// Blocks until a termination signal arrives (they must be blocked); returns it.
+pub fn wait_termination_signal() -> libc::c_int {
+    let s = set();
+    let mut sig: libc::c_int = 0;
+    loop {
+        // SAFETY: sigwait with a valid set and out-pointer.
+        if unsafe { libc::sigwait(&s, &mut sig) } == 0 {
+            return sig;
+        }
+    }
+}

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod device;
 mod devices;
+mod seccomp;
 
 /// Sandboxed virtio device backends over vhost-user, and a lean KVM VMM.
 #[derive(Parser, Debug)]
@@ -18,12 +19,18 @@ struct Cli {
 enum Command {
     /// Run one vhost-user device backend: `cordon device <kind> --socket-path PATH ...`.
     Device(device::DeviceCmd),
+    /// Run many jailed device backends at once: `cordon devices --rng vhost=SOCK ...`.
+    Devices(devices::DevicesCmd),
+    /// Lint, compile, disassemble, simulate, measure and generate seccomp policies.
+    Seccomp(seccomp::SeccompCmd),
 }
 
 fn main() -> std::process::ExitCode {
     cordon_backends::device::init_logging();
     let result = match Cli::parse().command {
         Command::Device(cmd) => device::run(cmd),
+        Command::Devices(cmd) => devices::run(cmd),
+        Command::Seccomp(cmd) => seccomp::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -138,11 +138,6 @@ fn wait_exit(c: &mut Child) -> std::process::ExitStatus {
     panic!("backend did not exit");
 }
 
-#[allow(dead_code)]
-fn exists(p: &Path) -> bool {
-    p.exists()
-}
-
 #[test]
 fn sigterm_exits_cleanly_and_removes_socket() {
     let dir = tempfile::tempdir().unwrap();
@@ -155,4 +150,51 @@ fn sigterm_exits_cleanly_and_removes_socket() {
     let status = wait_exit(&mut d.0);
     assert!(status.success(), "{status:?}");
     assert!(!sock.exists(), "socket file left behind");
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let p = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+fn status_field(pid: u32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_jail_is_real() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("rng.sock");
+    let d = spawn(&["--socket-path", sock.to_str().unwrap()]);
+    let mut drv = VhostUserDriver::connect(&sock, DriverConfig::new(1)).unwrap();
+    assert_eq!(drv.request(0, &[], &[8], T).unwrap().len, 8);
+    // rng-device -> outer jail process -> the device, PID 1 of its own PID namespace.
+    let outer = children(d.0.id());
+    assert_eq!(outer.len(), 1, "expected one jailed child");
+    let inner = children(outer[0]);
+    assert_eq!(inner.len(), 1, "expected the device process");
+    let dev = inner[0];
+    // The device's filesystem is an empty root: host files do not exist there.
+    assert!(Path::new("/etc/passwd").exists());
+    let root = format!("/proc/{dev}/root");
+    assert!(!Path::new(&format!("{root}/etc/passwd")).exists());
+    assert!(!Path::new(&format!("{root}/proc")).exists());
+    assert!(
+        std::fs::read_dir(&root).unwrap().next().is_none(),
+        "jail root not empty"
+    );
+    // Seccomp filter mode, no capabilities, no_new_privs, own network namespace.
+    assert_eq!(status_field(dev, "Seccomp:"), "2");
+    assert_eq!(status_field(dev, "CapEff:"), "0000000000000000");
+    assert_eq!(status_field(dev, "NoNewPrivs:"), "1");
+    let ns = |p: &str| std::fs::read_link(p).unwrap();
+    assert_ne!(ns(&format!("/proc/{dev}/ns/net")), ns("/proc/self/ns/net"));
+    assert_ne!(ns(&format!("/proc/{dev}/ns/mnt")), ns("/proc/self/ns/mnt"));
 }

@@ -606,3 +606,20 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 }
+
+/// Parses a value as written in policies (`0x10`, `PROT_READ|PROT_WRITE`, `~PROT_EXEC`).
+pub fn parse_value(text: &str, arch: Arch) -> Result<u64, String> {
+    let file = Path::new("<value>");
+    let ctx = LineCtx { file, line: 1 };
+    let lexed = lex(&ctx, text).map_err(|e| e.to_string())?;
+    let mut cur = Cursor {
+        toks: &lexed.toks,
+        pos: 0,
+        end_col: lexed.end_col,
+        ctx: &ctx,
+        arch,
+    };
+    let v = cur.value().map_err(|e| e.to_string())?;
+    cur.expect_end().map_err(|e| e.to_string())?;
+    Ok(v)
+}

@@ -66,3 +66,90 @@ pub fn stats(policy: &Policy, prog: &BpfProgram) -> Stats {
         cache_eligible: eligible,
     }
 }
+
+/// One row of the statistics report.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// Policy file name without `.policy`.
+    pub name: String,
+    /// Architecture.
+    pub arch: Arch,
+    /// Cordon's tree filter.
+    pub tree: Stats,
+    /// The same policy as a linear filter (one compare per syscall).
+    pub linear: Stats,
+}
+
+/// The loadable policies of a directory: `*.policy` files no other policy there
+/// `@include`s, sorted.
+pub fn loadable_policies(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    let mut included = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "policy") {
+            for l in std::fs::read_to_string(&p)?.lines() {
+                if let Some(rest) = l.trim().strip_prefix("@include") {
+                    if let Some(f) = std::path::Path::new(rest.trim()).file_name() {
+                        included.insert(f.to_os_string());
+                    }
+                }
+            }
+            files.push(p);
+        }
+    }
+    files.retain(|p| p.file_name().is_some_and(|f| !included.contains(f)));
+    files.sort();
+    Ok(files)
+}
+
+/// Compiles each file both ways and measures it.
+pub fn report(
+    files: &[std::path::PathBuf],
+    arch: Arch,
+    opts: &crate::compiler::CompileOptions,
+) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    for f in files {
+        let p = crate::parser::parse_file(f, arch).map_err(|e| e.to_string())?;
+        let tree =
+            crate::compiler::compile(&p, opts).map_err(|e| format!("{}: {e}", f.display()))?;
+        let lin = crate::compiler::compile_linear(&p, opts)
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+        rows.push(Row {
+            name: f
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            arch,
+            tree: stats(&p, &tree),
+            linear: stats(&p, &lin),
+        });
+    }
+    Ok(rows)
+}
+
+/// Renders rows as a Markdown table.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| arch | policy | syscalls | insns | weighted mean | max path | target ceil(log2 n)+4 | linear insns | linear weighted mean | cache-eligible allows |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {:.2} | {}/{} |\n",
+            r.arch.name(),
+            r.name,
+            r.tree.syscalls,
+            r.tree.instructions,
+            r.tree.weighted_mean,
+            r.tree.max_path,
+            r.tree.target(),
+            r.linear.instructions,
+            r.linear.weighted_mean,
+            r.tree.cache_eligible,
+            r.tree.unconditional_allows,
+        ));
+    }
+    s
+}

@@ -1,10 +1,11 @@
 //! Runner A end to end: a real Debian cloud kernel under QEMU TCG drives
 //! qemu-storage-daemon's vhost-user-blk export (a peer backend), QEMU's virtio-rng and a
-//! virtio console; one boot runs every check, the host verifies the bytes.
+//! virtio console and user network; one boot runs every check, the host verifies the bytes.
 
 use cordon_tests::guest::peers::{ext4_image, QsdBlk};
 use cordon_tests::guest::{Check, GuestRunner};
 use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 
 const HOST_BYTES: &[u8] = b"HELLO-FROM-HOST!";
@@ -41,11 +42,28 @@ fn tcg_guest_drives_peer_vhost_user_blk_rng_and_console() -> anyhow::Result<()> 
         Ok(seen)
     });
 
+    // TCP peer on the host, reached by the guest through QEMU's user network (10.0.2.2).
+    let tcp = TcpListener::bind("127.0.0.1:0")?;
+    let port = tcp.local_addr()?.port();
+    let tcp_peer = std::thread::spawn(move || -> anyhow::Result<Vec<u8>> {
+        let (mut s, _) = tcp.accept()?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)?;
+        s.write_all(b"PONG")?;
+        Ok(got)
+    });
+
     let r = GuestRunner::tcg()
         .vhost_user_blk(&blk.socket)
         .vhost_user_blk(&blk2.socket)
         .qemu_args(&["-device", "virtio-rng-pci"])
         .qemu_console(&con_sock)
+        .qemu_args(&[
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ])
         .checks(&[
             Check::kernel(),
             Check::blk_size("vda"),
@@ -59,6 +77,14 @@ fn tcg_guest_drives_peer_vhost_user_blk_rng_and_console() -> anyhow::Result<()> 
             Check::new("console")
                 .bytes("out", b"GUEST-OUT")
                 .bytes("in", b"HOST-IN!"),
+            Check::new("net-ping")
+                .arg("ip", "10.0.2.15/24")
+                .arg("peer", "10.0.2.2"),
+            Check::new("net-tcp")
+                .arg("ip", "10.0.2.15/24")
+                .arg("peer", "10.0.2.2")
+                .arg("port", port)
+                .bytes("send", b"PING"),
         ])
         .run()?;
     drop((blk, blk2));
@@ -75,6 +101,9 @@ fn tcg_guest_drives_peer_vhost_user_blk_rng_and_console() -> anyhow::Result<()> 
     assert_eq!(r.check("console")?.bytes("received")?, b"HOST-IN!");
     let seen = console_peer.join().expect("console peer panicked")?;
     assert!(seen.windows(9).any(|w| w == b"GUEST-OUT"));
+
+    assert_eq!(r.check("net-tcp")?.bytes("received")?, b"PONG");
+    assert_eq!(tcp_peer.join().expect("tcp peer panicked")?, b"PING");
 
     // What the guest wrote is on the host's image; the discarded range reads as zeroes.
     let after = std::fs::read(&disk)?;

@@ -116,8 +116,10 @@ impl Check {
     pub fn token(&self) -> Result<String> {
         let bad = |s: &str| {
             s.is_empty()
-                || s.chars()
-                    .any(|c| matches!(c, ',' | ':' | '=' | '"') || c.is_whitespace())
+                || s.chars().any(|c| {
+                    matches!(c, ',' | ':' | '=' | '"' | '\'' | '\\' | '$' | '`')
+                        || c.is_whitespace()
+                })
         };
         if bad(&self.name) {
             bail!(

@@ -8,13 +8,17 @@
 //! See docs/TESTING.md.
 
 pub mod assets;
+pub mod backend;
 pub mod check;
 pub mod console;
 pub mod cpio;
+pub mod nested;
 pub mod peers;
 pub mod runner;
 pub mod tools;
 
 pub use assets::{assets, GuestAssets};
+pub use backend::{cordon_bin, BackendProcess, JailFacts};
 pub use check::{hex, unhex, Check, CheckResult};
+pub use nested::{GuestMode, NestedRunner};
 pub use runner::{GuestRunner, Results, RunningGuest};

@@ -64,6 +64,10 @@ pub struct GuestRunner {
     check_timeout: Option<u64>,
     allow_failures: bool,
     initramfs: Option<PathBuf>,
+    pub(crate) vm: String,
+    pub(crate) also_expect: Vec<(String, usize)>,
+    pub(crate) required_lines: Vec<String>,
+    pub(crate) exact_name: bool,
 }
 
 impl GuestRunner {
@@ -84,6 +88,10 @@ impl GuestRunner {
             check_timeout: None,
             allow_failures: false,
             initramfs: None,
+            vm: "guest".into(),
+            also_expect: Vec::new(),
+            required_lines: Vec::new(),
+            exact_name: false,
         }
     }
 
@@ -120,7 +128,9 @@ impl GuestRunner {
     }
 
     /// Attaches a vhost-user console backend (virtio id 3, 2 queues) via
-    /// `vhost-user-device-pci`; the guest sees /dev/hvc0.
+    /// `vhost-user-device-pci`; the guest sees /dev/hvc0. Needs a QEMU that lets users
+    /// create `vhost-user-device-pci`: Debian's QEMU 10 does not (the run then fails with
+    /// "expects a pluggable device type"); use runner B with Cordon's VMM instead.
     pub fn vhost_user_console(self, socket: impl AsRef<Path>) -> Self {
         self.vhost_user_device(socket, 3, 2, 0)
     }
@@ -248,7 +258,7 @@ impl GuestRunner {
             .arg(&a.kernel)
             .arg("-initrd")
             .arg(self.initramfs.as_ref().unwrap_or(&a.initramfs))
-            .args(["-append", &self.cmdline("guest")?]);
+            .args(["-append", &self.cmdline(&self.vm)?]);
         for (i, d) in self.devices.iter().enumerate() {
             let chardev =
                 |p: &Path, extra: &str| format!("socket,id=vu{i},path={}{extra}", p.display());
@@ -306,7 +316,10 @@ impl GuestRunner {
         let a = assets()?;
         let dir = logs_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let name = log_name(self.name.as_deref());
+        let name = match (&self.name, self.exact_name) {
+            (Some(n), true) => n.clone(),
+            _ => log_name(self.name.as_deref()),
+        };
         let log = dir.join(format!("{name}.log"));
         let qemu_log = dir.join(format!("{name}.qemu.log"));
         let _ = std::fs::remove_file(&log);
@@ -318,16 +331,24 @@ impl GuestRunner {
         log::info!("guest {name}: {cmd:?}");
         std::fs::write(dir.join(format!("{name}.cmd")), format!("{cmd:?}\n"))?;
         let child = cmd.spawn().context("starting qemu-system-x86_64")?;
-        Ok(RunningGuest {
+        Ok(self.running(child, log, qemu_log))
+    }
+
+    /// The handle of a started guest process whose console goes to `log`.
+    pub(crate) fn running(&self, child: Child, log: PathBuf, qemu_log: PathBuf) -> RunningGuest {
+        let mut expect = vec![(self.vm.clone(), self.checks.len())];
+        expect.extend(self.also_expect.iter().cloned());
+        expect.retain(|(vm, _)| !vm.is_empty());
+        RunningGuest {
             child: Some(child),
             log,
             qemu_log,
             start: Instant::now(),
             deadline: Instant::now() + self.timeout,
-            expected: self.checks.len(),
-            vm: "guest".into(),
+            expect,
+            required_lines: self.required_lines.clone(),
             allow_failures: self.allow_failures,
-        })
+        }
     }
 
     /// Boots the guest, waits for it to power off, returns the parsed results. Fails on a
@@ -345,8 +366,8 @@ pub struct RunningGuest {
     qemu_log: PathBuf,
     start: Instant,
     deadline: Instant,
-    expected: usize,
-    vm: String,
+    expect: Vec<(String, usize)>,
+    required_lines: Vec<String>,
     allow_failures: bool,
 }
 
@@ -371,7 +392,13 @@ impl RunningGuest {
     /// An error quoting the console tail and the VMM's own output.
     pub fn failure(&self, what: &str) -> anyhow::Error {
         let console = self.console();
-        let qemu = read_log(&self.qemu_log);
+        let mut qemu = read_log(&self.qemu_log);
+        if qemu.contains("vhost-user-device-pci") && qemu.contains("pluggable device type") {
+            qemu.push_str(
+                "\n(hint: this QEMU does not let users create vhost-user-device-pci; \
+                 attach the device through runner B with Cordon's VMM instead)",
+            );
+        }
         anyhow::anyhow!(
             "guest {what} after {:.1} s\n--- console tail ({}) ---\n{}\n--- vmm output ({}) ---\n{}",
             self.start.elapsed().as_secs_f64(),
@@ -442,19 +469,25 @@ impl RunningGuest {
                 return Err(self.failure(&format!("VMM exited with {s}")));
             }
         }
-        let results =
-            parse_results(&console, &self.vm).map_err(|e| self.failure(&format!("{e:#}")))?;
-        if !console.contains(&format!("CORDON-AGENT-DONE vm={}", self.vm)) {
-            return Err(self.failure(&format!(
-                "agent of {} did not finish ({} of {} results)",
-                self.vm,
-                results.len(),
-                self.expected
-            )));
+        let mut results = Vec::new();
+        for (vm, n) in &self.expect {
+            let rs = parse_results(&console, vm).map_err(|e| self.failure(&format!("{e:#}")))?;
+            if !console.contains(&format!("CORDON-AGENT-DONE vm={vm} ")) {
+                return Err(self.failure(&format!(
+                    "agent of {vm} did not finish ({} of {n} results)",
+                    rs.len()
+                )));
+            }
+            for id in 0..*n {
+                if !rs.iter().any(|r| r.id == id) {
+                    return Err(self.failure(&format!("has no result for {vm} check #{id}")));
+                }
+            }
+            results.extend(rs);
         }
-        for id in 0..self.expected {
-            if !results.iter().any(|r| r.id == id) {
-                return Err(self.failure(&format!("has no result for check #{id}")));
+        for line in &self.required_lines {
+            if !console.contains(line.as_str()) {
+                return Err(self.failure(&format!("console lacks {line:?}")));
             }
         }
         let r = Results {
@@ -468,7 +501,7 @@ impl RunningGuest {
                 .results
                 .iter()
                 .filter(|c| !c.ok)
-                .map(|c| format!("{} #{}: {}", c.check, c.id, c.detail))
+                .map(|c| format!("{} {} #{}: {}", c.vm, c.check, c.id, c.detail))
                 .collect();
             if !failed.is_empty() {
                 return Err(self.failure(&format!("checks failed: {}", failed.join("; "))));
@@ -504,6 +537,16 @@ impl Results {
             .iter()
             .find(|r| r.check == name)
             .ok_or_else(|| anyhow::anyhow!("no result for check {name} in {}", self.log.display()))
+    }
+
+    /// The first result of the check named `name` reported by guest `vm` (`l1`, `l2`).
+    pub fn check_in(&self, vm: &str, name: &str) -> Result<&CheckResult> {
+        self.results
+            .iter()
+            .find(|r| r.check == name && r.vm == vm)
+            .ok_or_else(|| {
+                anyhow::anyhow!("no result for {vm} check {name} in {}", self.log.display())
+            })
     }
 
     /// The result of check number `id` (its position in the plan).

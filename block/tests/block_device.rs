@@ -1,0 +1,352 @@
+//! The real `block-device` binary, jailed, driven through Cordon's vhost-user frontend driver
+//! over a real Unix socket, on a real image file.
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use cordon_frontend::vhost_user::{DriverConfig, VhostUserDriver};
+
+const T: Duration = Duration::from_secs(10);
+const IMG_SIZE: u64 = 8 << 20;
+const SECTORS: u64 = IMG_SIZE / 512;
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+
+const F_SEG_MAX: u64 = 1 << 2;
+const F_RO: u64 = 1 << 5;
+const F_BLK_SIZE: u64 = 1 << 6;
+const F_FLUSH: u64 = 1 << 9;
+const F_MQ: u64 = 1 << 12;
+const F_DISCARD: u64 = 1 << 13;
+const F_WRITE_ZEROES: u64 = 1 << 14;
+const BLK_FEATURES: u64 =
+    F_SEG_MAX | F_RO | F_BLK_SIZE | F_FLUSH | F_MQ | F_DISCARD | F_WRITE_ZEROES;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    img: PathBuf,
+    sock: PathBuf,
+}
+
+/// A temp dir with an 8 MiB image whose sector `n` is filled with byte `n % 251`.
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    let mut data = vec![0u8; IMG_SIZE as usize];
+    for (i, chunk) in data.chunks_mut(512).enumerate() {
+        chunk.fill((i % 251) as u8);
+    }
+    std::fs::write(&img, &data).unwrap();
+    let sock = dir.path().join("blk.sock");
+    Setup {
+        _dir: dir,
+        img,
+        sock,
+    }
+}
+
+fn spawn(s: &Setup, file_arg: &str, extra: &[&str]) -> Kill {
+    Kill(
+        Command::new(env!("CARGO_BIN_EXE_block-device"))
+            .args([
+                "--socket-path",
+                s.sock.to_str().unwrap(),
+                "--file",
+                file_arg,
+            ])
+            .args(extra)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn block-device"),
+    )
+}
+
+fn connect(s: &Setup, queues: usize) -> VhostUserDriver {
+    VhostUserDriver::connect(
+        &s.sock,
+        DriverConfig::new(queues).with_features(BLK_FEATURES),
+    )
+    .expect("connect to block-device")
+}
+
+fn hdr(kind: u32, sector: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0..4].copy_from_slice(&kind.to_le_bytes());
+    b[8..16].copy_from_slice(&sector.to_le_bytes());
+    b
+}
+
+fn seg(sector: u64, num: u32, flags: u32) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0..8].copy_from_slice(&sector.to_le_bytes());
+    b[8..12].copy_from_slice(&num.to_le_bytes());
+    b[12..16].copy_from_slice(&flags.to_le_bytes());
+    b
+}
+
+/// OUT request on queue `q`; returns (status, used len).
+fn write(d: &mut VhostUserDriver, q: usize, sector: u64, data: &[u8]) -> (u8, u32) {
+    let c = d.request(q, &[&hdr(T_OUT, sector), data], &[1], T).unwrap();
+    (c.written[0][0], c.len)
+}
+
+/// IN request; returns (status, data, used len).
+fn read(d: &mut VhostUserDriver, q: usize, sector: u64, len: usize) -> (u8, Vec<u8>, u32) {
+    let c = d.request(q, &[&hdr(T_IN, sector)], &[len, 1], T).unwrap();
+    (c.written[1][0], c.written[0].clone(), c.len)
+}
+
+fn simple(d: &mut VhostUserDriver, kind: u32, payload: &[u8]) -> u8 {
+    let c = if payload.is_empty() {
+        d.request(0, &[&hdr(kind, 0)], &[1], T).unwrap()
+    } else {
+        d.request(0, &[&hdr(kind, 0), payload], &[1], T).unwrap()
+    };
+    c.written[0][0]
+}
+
+fn file_bytes(p: &Path, off: u64, len: usize) -> Vec<u8> {
+    let f = std::fs::File::open(p).unwrap();
+    let mut v = vec![0u8; len];
+    f.read_exact_at(&mut v, off).unwrap();
+    v
+}
+
+fn wait_exit(c: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(st) = c.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn write_then_read_back_flush_and_persist() {
+    let s = setup();
+    let _d = spawn(&s, s.img.to_str().unwrap(), &[]);
+    let mut d = connect(&s, 1);
+    let data: Vec<u8> = (0..8192u32).map(|i| (i * 13 % 256) as u8).collect();
+    assert_eq!(write(&mut d, 0, 100, &data), (S_OK, 1));
+    let (st, back, len) = read(&mut d, 0, 100, 8192);
+    assert_eq!((st, len), (S_OK, 8193));
+    assert_eq!(back, data);
+    // Neighbours untouched.
+    let (_, before, _) = read(&mut d, 0, 99, 512);
+    assert!(before.iter().all(|&b| b == 99));
+    let (_, after, _) = read(&mut d, 0, 116, 512);
+    assert!(after.iter().all(|&b| b == 116));
+    assert_eq!(simple(&mut d, T_FLUSH, &[]), S_OK);
+    assert_eq!(file_bytes(&s.img, 100 * 512, 8192), data);
+    // Unknown request types are UNSUPP.
+    assert_eq!(simple(&mut d, 99, &[]), S_UNSUPP);
+}
+
+#[test]
+fn config_space_capacity_and_features() {
+    let s = setup();
+    let _d = spawn(&s, s.img.to_str().unwrap(), &["--num-queues", "2"]);
+    let mut d = connect(&s, 2);
+    let cfg = d.config(0, 60).unwrap();
+    assert_eq!(u64::from_le_bytes(cfg[0..8].try_into().unwrap()), SECTORS);
+    assert_eq!(u32::from_le_bytes(cfg[20..24].try_into().unwrap()), 512);
+    assert_eq!(u16::from_le_bytes(cfg[34..36].try_into().unwrap()), 2);
+    assert!(u32::from_le_bytes(cfg[12..16].try_into().unwrap()) >= 1);
+    assert!(u32::from_le_bytes(cfg[40..44].try_into().unwrap()) >= 1); // max_discard_seg
+    let f = d.features();
+    assert_eq!(f & F_RO, 0);
+    assert_ne!(f & F_FLUSH, 0);
+    assert_ne!(f & F_DISCARD, 0);
+    assert_ne!(f & F_WRITE_ZEROES, 0);
+    // The second queue serves requests too.
+    assert_eq!(write(&mut d, 1, 7, &[0x42; 512]), (S_OK, 1));
+    let (st, back, _) = read(&mut d, 0, 7, 512);
+    assert_eq!(st, S_OK);
+    assert_eq!(back, vec![0x42; 512]);
+}
+
+#[test]
+fn discard_and_write_zeroes_read_back_zero() {
+    let s = setup();
+    let _d = spawn(&s, s.img.to_str().unwrap(), &[]);
+    let mut d = connect(&s, 1);
+    let blocks_before = std::fs::metadata(&s.img).unwrap().blocks();
+    let mut segs = Vec::new();
+    segs.extend_from_slice(&seg(2048, 2048, 0)); // 1 MiB at 1 MiB
+    segs.extend_from_slice(&seg(8, 1, 0));
+    assert_eq!(simple(&mut d, T_DISCARD, &segs), S_OK);
+    let (st, z, _) = read(&mut d, 0, 2048, 2048 * 512);
+    assert_eq!(st, S_OK);
+    assert!(z.iter().all(|&b| b == 0), "discarded range not zero");
+    let (_, z, _) = read(&mut d, 0, 8, 512);
+    assert!(z.iter().all(|&b| b == 0));
+    let (_, keep, _) = read(&mut d, 0, 9, 512);
+    assert!(keep.iter().all(|&b| b == 9));
+    assert!(
+        std::fs::metadata(&s.img).unwrap().blocks() < blocks_before,
+        "no hole punched"
+    );
+    assert_eq!(std::fs::metadata(&s.img).unwrap().len(), IMG_SIZE);
+
+    assert_eq!(simple(&mut d, T_WRITE_ZEROES, &seg(20, 4, 0)), S_OK);
+    let (_, z, _) = read(&mut d, 0, 20, 4 * 512);
+    assert!(z.iter().all(|&b| b == 0));
+    assert_eq!(file_bytes(&s.img, 24 * 512, 1), vec![24]);
+    // Discard with the UNMAP flag is UNSUPP; a bad segment fails the whole request.
+    assert_eq!(simple(&mut d, T_DISCARD, &seg(30, 1, 1)), S_UNSUPP);
+    let mut bad = seg(40, 1, 0).to_vec();
+    bad.extend_from_slice(&seg(SECTORS, 1, 0));
+    assert_eq!(simple(&mut d, T_DISCARD, &bad), S_IOERR);
+    assert_eq!(file_bytes(&s.img, 40 * 512, 1), vec![40]);
+}
+
+#[test]
+fn get_id_returns_the_configured_id() {
+    let s = setup();
+    let _d = spawn(&s, s.img.to_str().unwrap(), &["--id", "cordon-disk-7"]);
+    let mut d = connect(&s, 1);
+    let c = d.request(0, &[&hdr(T_GET_ID, 0)], &[20, 1], T).unwrap();
+    assert_eq!(c.written[1][0], S_OK);
+    assert_eq!(&c.written[0][..13], b"cordon-disk-7");
+    assert!(c.written[0][13..].iter().all(|&b| b == 0));
+    assert_eq!(c.len, 21);
+}
+
+#[test]
+fn read_only_refuses_writes_and_changes_nothing() {
+    let s = setup();
+    let arg = format!("{}:read-only", s.img.display());
+    let _d = spawn(&s, &arg, &[]);
+    let mut d = connect(&s, 1);
+    assert_ne!(d.features() & F_RO, 0);
+    assert_eq!(d.features() & (F_DISCARD | F_WRITE_ZEROES), 0);
+    let before = std::fs::read(&s.img).unwrap();
+    assert_eq!(write(&mut d, 0, 0, &[0xee; 4096]).0, S_IOERR);
+    assert_ne!(simple(&mut d, T_DISCARD, &seg(0, 8, 0)), S_OK);
+    assert_ne!(simple(&mut d, T_WRITE_ZEROES, &seg(0, 8, 0)), S_OK);
+    let (st, back, _) = read(&mut d, 0, 3, 512);
+    assert_eq!(st, S_OK);
+    assert!(back.iter().all(|&b| b == 3));
+    assert_eq!(std::fs::read(&s.img).unwrap(), before);
+}
+
+#[test]
+fn out_of_range_and_malformed_requests_are_ioerr() {
+    let s = setup();
+    let _d = spawn(&s, s.img.to_str().unwrap(), &[]);
+    let mut d = connect(&s, 1);
+    let before = std::fs::read(&s.img).unwrap();
+    assert_eq!(read(&mut d, 0, SECTORS, 512).0, S_IOERR);
+    assert_eq!(read(&mut d, 0, SECTORS - 1, 1024).0, S_IOERR);
+    assert_eq!(read(&mut d, 0, u64::MAX, 512).0, S_IOERR);
+    assert_eq!(write(&mut d, 0, SECTORS - 1, &[1; 1024]).0, S_IOERR);
+    assert_eq!(write(&mut d, 0, 0, &[1; 100]).0, S_IOERR); // not whole sectors
+                                                           // Header too short.
+    let c = d.request(0, &[&[0u8; 8]], &[1], T).unwrap();
+    assert_eq!(c.written[0][0], S_IOERR);
+    assert_eq!(std::fs::read(&s.img).unwrap(), before);
+    // The last sector is fine, and the device still serves after all that.
+    let (st, last, _) = read(&mut d, 0, SECTORS - 1, 512);
+    assert_eq!(st, S_OK);
+    assert!(last.iter().all(|&b| b == ((SECTORS - 1) % 251) as u8));
+}
+
+#[test]
+fn second_writable_backend_on_the_same_image_is_refused() {
+    let s = setup();
+    let _first = spawn(&s, s.img.to_str().unwrap(), &[]);
+    // Wait until the first one holds the lock (it is listening).
+    drop(connect(&s, 1));
+    for file_arg in [
+        s.img.display().to_string(),
+        format!("{}:read-only", s.img.display()),
+    ] {
+        let sock2 = s.sock.with_file_name("second.sock");
+        let out = Command::new(env!("CARGO_BIN_EXE_block-device"))
+            .args([
+                "--socket-path",
+                sock2.to_str().unwrap(),
+                "--file",
+                &file_arg,
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = Kill(out);
+        let st = wait_exit(&mut child.0, T).expect("second block-device kept running");
+        assert!(!st.success());
+        let mut err = String::new();
+        use std::io::Read;
+        child
+            .0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(err.contains("in use"), "stderr: {err}");
+    }
+}
+
+#[test]
+fn read_only_backends_share_an_image() {
+    let s = setup();
+    let arg = format!("{}:read-only", s.img.display());
+    let _a = spawn(&s, &arg, &[]);
+    drop(connect(&s, 1));
+    let s2 = Setup {
+        _dir: tempfile::tempdir().unwrap(),
+        img: s.img.clone(),
+        sock: s.sock.with_file_name("b.sock"),
+    };
+    let _b = spawn(&s2, &arg, &[]);
+    let mut d = connect(&s2, 1);
+    assert_eq!(read(&mut d, 0, 5, 512).0, S_OK);
+}
+
+#[test]
+fn data_survives_a_frontend_reconnect() {
+    let s = setup();
+    let _d = spawn(&s, s.img.to_str().unwrap(), &[]);
+    {
+        let mut d = connect(&s, 1);
+        assert_eq!(write(&mut d, 0, 50, &[0x77; 1024]).0, S_OK);
+    }
+    let mut d = connect(&s, 1);
+    let (st, back, _) = read(&mut d, 0, 50, 1024);
+    assert_eq!(st, S_OK);
+    assert_eq!(back, vec![0x77; 1024]);
+}
+
+#[test]
+fn direct_mode_round_trip() {
+    let s = setup();
+    let _d = spawn(&s, s.img.to_str().unwrap(), &["--direct"]);
+    let mut d = connect(&s, 1);
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 253) as u8).collect();
+    assert_eq!(write(&mut d, 0, 64, &data).0, S_OK);
+    assert_eq!(read(&mut d, 0, 64, 4096).1, data);
+    // Sub-4K, 512-aligned request.
+    assert_eq!(write(&mut d, 0, 3, &[9; 512]).0, S_OK);
+    assert_eq!(file_bytes(&s.img, 3 * 512, 512), vec![9; 512]);
+}

@@ -1,0 +1,349 @@
+//! Runner B: "our VMM boots the guest". On a PVM host (`/sys/module/kvm_pvm`) a Linux L1
+//! runs under QEMU TCG with `-cpu max` (emulated SVM + nested paging), loads `kvm_amd`, and
+//! runs a shell script that starts a KVM VMM booting the L2 guest; on an ordinary KVM host
+//! the same script runs directly on the host. The L2 guest's agent results come back over
+//! the VMM's stdout, which is L1's console. `CORDON_GUEST_MODE=nested|direct` overrides the
+//! detection.
+//!
+//! Until `cordon run` exists the VMM is QEMU itself ([`STAND_IN_VMM`]); the VMM issue swaps
+//! in its own script with [`NestedRunner::script`].
+//!
+//! The script runs in `$CORDON_DIR` (`/cordon` in L1) with `L2_KERNEL`, `L2_INITRD`,
+//! `L2_CMDLINE` set and `$CORDON_DIR/bin` (static binaries added with
+//! [`NestedRunner::static_bin`] or [`NestedRunner::bin`]) first on `PATH`; files added with
+//! [`NestedRunner::file`] are in `$CORDON_DIR`. The L2 serial console must go to stdout.
+
+use super::assets::{assets, build_static, initramfs, GuestAssets};
+use super::check::Check;
+use super::console::{log_name, logs_dir};
+use super::cpio::Cpio;
+use super::runner::{GuestRunner, Results};
+use super::tools::{run, tool};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The stand-in VMM script: QEMU with KVM (microvm, serial on stdout) boots the L2 guest.
+pub const STAND_IN_VMM: &str = r#"qemu-system-x86_64 -L /usr/share/qemu -M microvm,rtc=off -enable-kvm -cpu host \
+  -m 256 -smp 1 -nographic -no-reboot -kernel "$L2_KERNEL" -initrd "$L2_INITRD" \
+  -append "$L2_CMDLINE pci=off"
+"#;
+
+/// Modules L1 loads (KVM for AMD, as QEMU TCG `-cpu max` emulates SVM).
+pub const L1_MODULES: &[&str] = &["kvm_amd"];
+
+/// Default timeout of a whole nested run (`CORDON_GUEST_TIMEOUT` seconds overrides).
+pub const NESTED_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where runner B runs the VMM script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestMode {
+    /// Inside an L1 guest under QEMU TCG (PVM hosts, or hosts without /dev/kvm).
+    Nested,
+    /// Directly on the host (ordinary KVM).
+    Direct,
+}
+
+impl GuestMode {
+    /// `CORDON_GUEST_MODE` if set, else `Nested` on PVM hosts or without /dev/kvm, else
+    /// `Direct`.
+    pub fn detect() -> Result<Self> {
+        match std::env::var("CORDON_GUEST_MODE").ok().as_deref() {
+            Some("nested") => return Ok(GuestMode::Nested),
+            Some("direct") => return Ok(GuestMode::Direct),
+            Some(v) => bail!("CORDON_GUEST_MODE={v:?}: accepted values are nested, direct"),
+            None => {}
+        }
+        if Path::new("/sys/module/kvm_pvm").exists() || !Path::new("/dev/kvm").exists() {
+            Ok(GuestMode::Nested)
+        } else {
+            Ok(GuestMode::Direct)
+        }
+    }
+}
+
+enum Content {
+    Path(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+/// Builder of one runner B run.
+pub struct NestedRunner {
+    mode: GuestMode,
+    l1_checks: Vec<Check>,
+    l2_checks: Vec<Check>,
+    files: Vec<(String, Content, u32)>,
+    script: Option<String>,
+    carry_qemu: bool,
+    timeout: Duration,
+    l1_memory_mb: u32,
+    name: Option<String>,
+    allow_failures: bool,
+}
+
+impl NestedRunner {
+    /// A run in the detected [`GuestMode`], with the stand-in VMM, L1 check `kvm`.
+    pub fn new() -> Result<Self> {
+        let timeout = std::env::var("CORDON_GUEST_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(NESTED_TIMEOUT);
+        Ok(NestedRunner {
+            mode: GuestMode::detect()?,
+            l1_checks: vec![Check::kvm()],
+            l2_checks: Vec::new(),
+            files: Vec::new(),
+            script: None,
+            carry_qemu: true,
+            timeout,
+            l1_memory_mb: 2048,
+            name: None,
+            allow_failures: false,
+        })
+    }
+
+    /// Forces a mode.
+    pub fn mode(mut self, m: GuestMode) -> Self {
+        self.mode = m;
+        self
+    }
+
+    /// The mode this run uses.
+    pub fn current_mode(&self) -> GuestMode {
+        self.mode
+    }
+
+    /// Checks the L1 agent runs before the script (default: `kvm`; nested mode only).
+    pub fn l1_checks(mut self, cs: &[Check]) -> Self {
+        self.l1_checks = cs.to_vec();
+        self
+    }
+
+    /// Checks the L2 guest's agent runs (passed in `L2_CMDLINE`).
+    pub fn l2_checks(mut self, cs: &[Check]) -> Self {
+        self.l2_checks.extend_from_slice(cs);
+        self
+    }
+
+    /// Copies a host file to `$CORDON_DIR/<dest>` (an image, a config).
+    pub fn file(mut self, dest: &str, src: impl AsRef<Path>) -> Self {
+        self.files
+            .push((dest.into(), Content::Path(src.as_ref().into()), 0o644));
+        self
+    }
+
+    /// Writes bytes to `$CORDON_DIR/<dest>`.
+    pub fn file_bytes(mut self, dest: &str, data: &[u8]) -> Self {
+        self.files
+            .push((dest.into(), Content::Bytes(data.to_vec()), 0o644));
+        self
+    }
+
+    /// Adds a (statically linked) executable as `$CORDON_DIR/bin/<its name>`.
+    pub fn bin(mut self, path: impl AsRef<Path>) -> Self {
+        let p = path.as_ref();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.files
+            .push((format!("bin/{name}"), Content::Path(p.into()), 0o755));
+        self
+    }
+
+    /// Builds a workspace binary statically (see [`build_static`]) and adds it with [`bin`](Self::bin).
+    pub fn static_bin(self, package: &str, bin: &str) -> Result<Self> {
+        let p = build_static(package, bin)?;
+        Ok(self.bin(p))
+    }
+
+    /// The VMM script (sh) replacing the stand-in QEMU; it must boot the L2 guest with
+    /// `$L2_KERNEL`, `$L2_INITRD`, `$L2_CMDLINE` and send its serial console to stdout.
+    pub fn script(mut self, sh: &str) -> Self {
+        self.script = Some(sh.into());
+        self.carry_qemu = false;
+        self
+    }
+
+    /// A VMM script that uses QEMU (carried into L1 with its libraries and firmware), for
+    /// stand-in set-ups beyond [`STAND_IN_VMM`] (e.g. vhost-user devices for L2).
+    pub fn qemu_script(mut self, sh: &str) -> Self {
+        self.script = Some(sh.into());
+        self.carry_qemu = true;
+        self
+    }
+
+    /// Time the whole run may take.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// L1 memory in MiB (default 2048).
+    pub fn l1_memory_mb(mut self, mb: u32) -> Self {
+        self.l1_memory_mb = mb;
+        self
+    }
+
+    /// Name of the console log; default: the test's name.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Returns failed checks in the results instead of failing the run.
+    pub fn allow_failures(mut self) -> Self {
+        self.allow_failures = true;
+        self
+    }
+
+    fn header(&self, dir: &str, kernel: &str, initrd: &str) -> Result<String> {
+        let l2 = GuestRunner::tcg().checks(&self.l2_checks);
+        let cmdline = l2.cmdline("l2")?;
+        Ok(format!(
+            "export CORDON_DIR={dir} L2_KERNEL={kernel} L2_INITRD={initrd}\n\
+             export L2_CMDLINE='{cmdline}'\nexport PATH=\"$CORDON_DIR/bin:$PATH\"\n"
+        ))
+    }
+
+    fn script_body(&self) -> &str {
+        self.script.as_deref().unwrap_or(STAND_IN_VMM)
+    }
+
+    /// Runs: boots L1 (nested) or runs the script (direct), returns L1's and L2's results.
+    pub fn run(&self) -> Result<Results> {
+        let a = assets()?;
+        let dir = logs_dir();
+        std::fs::create_dir_all(&dir)?;
+        let name = log_name(self.name.as_deref());
+        match self.mode {
+            GuestMode::Nested => self.run_nested(a, &dir, &name),
+            GuestMode::Direct => self.run_direct(a, &dir, &name),
+        }
+    }
+
+    fn run_nested(&self, a: &GuestAssets, dir: &Path, name: &str) -> Result<Results> {
+        let mut mods: Vec<&str> = super::assets::GUEST_MODULES.to_vec();
+        mods.extend_from_slice(L1_MODULES);
+        let mut c = initramfs(a, &mods)?;
+        c.file("cordon/l2/vmlinuz", 0o644, &std::fs::read(&a.kernel)?);
+        c.file("cordon/l2/initrd", 0o644, &std::fs::read(&a.initramfs)?);
+        c.dir("cordon/bin");
+        for (dest, content, mode) in &self.files {
+            let data = match content {
+                Content::Path(p) => {
+                    std::fs::read(p).with_context(|| format!("reading {}", p.display()))?
+                }
+                Content::Bytes(b) => b.clone(),
+            };
+            c.file(&format!("cordon/{dest}"), *mode, &data);
+        }
+        if self.carry_qemu {
+            add_qemu(&mut c)?;
+        }
+        let script = format!(
+            "{}{}",
+            self.header("/cordon", "/cordon/l2/vmlinuz", "/cordon/l2/initrd")?,
+            self.script_body()
+        );
+        c.file("cordon/run.sh", 0o755, script.as_bytes());
+        let l1_initrd = dir.join(format!("{name}.l1.cpio"));
+        c.write_to(&l1_initrd)?;
+        let mut g = GuestRunner::tcg()
+            .name(name)
+            .memory_mb(self.l1_memory_mb)
+            .timeout(self.timeout)
+            .initramfs(&l1_initrd)
+            .checks(&self.l1_checks);
+        if self.allow_failures {
+            g = g.allow_failures();
+        }
+        g.exact_name = true;
+        g.vm = "l1".into();
+        g.also_expect = vec![("l2".into(), self.l2_checks.len())];
+        g.required_lines = vec!["CORDON-SCRIPT-DONE rc=0".into()];
+        let r = g.spawn()?.finish();
+        let _ = std::fs::remove_file(&l1_initrd);
+        r
+    }
+
+    fn run_direct(&self, a: &GuestAssets, dir: &Path, name: &str) -> Result<Results> {
+        let work = tempfile::tempdir()?;
+        let w = work.path();
+        std::fs::create_dir_all(w.join("bin"))?;
+        for (dest, content, mode) in &self.files {
+            let p = w.join(dest);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            match content {
+                Content::Path(src) => std::fs::copy(src, &p).map(|_| ())?,
+                Content::Bytes(b) => std::fs::write(&p, b)?,
+            }
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
+        }
+        if self.carry_qemu {
+            tool("qemu-system-x86_64")?;
+        }
+        let header = self.header(
+            &w.display().to_string(),
+            &a.kernel.display().to_string(),
+            &a.initramfs.display().to_string(),
+        )?;
+        std::fs::write(w.join("run.sh"), format!("{header}{}", self.script_body()))?;
+        let log = dir.join(format!("{name}.log"));
+        let vmm_log = dir.join(format!("{name}.qemu.log"));
+        std::fs::write(
+            &vmm_log,
+            b"(direct mode: the script's output is the console log)\n",
+        )?;
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("sh ./run.sh; echo \"CORDON-SCRIPT-DONE rc=$?\"")
+            .current_dir(w)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting the VMM script")?;
+        let mut g = GuestRunner::tcg().timeout(self.timeout);
+        if self.allow_failures {
+            g = g.allow_failures();
+        }
+        g.vm = String::new();
+        g.also_expect = vec![("l2".into(), self.l2_checks.len())];
+        g.required_lines = vec!["CORDON-SCRIPT-DONE rc=0".into()];
+        g.running(child, log, vmm_log).finish()
+    }
+}
+
+/// Adds QEMU (the stand-in VMM), its shared libraries and the microvm firmware to L1.
+fn add_qemu(c: &mut Cpio) -> Result<()> {
+    let qemu = tool("qemu-system-x86_64")?;
+    c.file("bin/qemu-system-x86_64", 0o755, &std::fs::read(&qemu)?);
+    let ldd = run(Command::new("ldd").arg(&qemu))?;
+    for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
+        let data = std::fs::read(lib).with_context(|| format!("reading {lib}"))?;
+        c.file(lib, 0o755, &data);
+    }
+    for (src, dest) in [
+        (
+            "/usr/share/seabios/bios-microvm.bin",
+            "usr/share/qemu/bios-microvm.bin",
+        ),
+        (
+            "/usr/share/qemu/linuxboot_dma.bin",
+            "usr/share/qemu/linuxboot_dma.bin",
+        ),
+    ] {
+        let data = std::fs::read(src).with_context(|| {
+            format!("reading {src} (install qemu-system-x86: bash scripts/setup)")
+        })?;
+        c.file(dest, 0o644, &data);
+    }
+    Ok(())
+}
