@@ -72,6 +72,7 @@ pub fn run_opened(
         name: name.to_string(),
         once: common.once,
         jail: Some(jail),
+        supervised: false,
     };
     dev.serve(endpoint, opts)
 }

@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod connection;
+pub mod control;
 pub mod device;
 pub mod kv;
 pub mod queue;
@@ -13,6 +14,7 @@ pub mod sandbox;
 pub mod serve;
 pub mod served;
 pub mod signals;
+pub mod supervisor;
 
 pub use connection::{Connection, ConnectionArgs, Endpoint};
 pub use device::{CommonArgs, DeviceKind, OpenedDevice};

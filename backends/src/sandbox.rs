@@ -100,6 +100,9 @@ pub fn open_fds() -> io::Result<Vec<RawFd>> {
             v.push(fd);
         }
     }
+    // Drop the descriptor read_dir itself used (closed by now).
+    // SAFETY: F_GETFD only queries the descriptor flags.
+    v.retain(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
     v.sort_unstable();
     Ok(v)
 }

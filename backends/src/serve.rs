@@ -61,6 +61,9 @@ pub struct ServeOptions {
     pub once: bool,
     /// Jail to enter once the endpoint is ready (None: the caller already jailed or disabled).
     pub jail: Option<JailPlan>,
+    /// Run by a supervisor (`cordon devices`) that handles signals and socket files: serve
+    /// only runs the loop.
+    pub supervised: bool,
 }
 
 /// Error from [`serve`].
@@ -140,6 +143,7 @@ pub fn serve<B: Backend>(
             }
             result.map_err(ServeError::Connection)
         }
+        None if opts.supervised => serve_loop(backend, listener, relay, single, &name),
         None => {
             if opts.jail.is_some() {
                 log::warn!("{name}: sandbox disabled: no namespaces, no seccomp filter");

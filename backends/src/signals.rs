@@ -98,3 +98,15 @@ pub fn wait_forwarding(name: &str, child: cordon_seccomp::jail::JailedChild) -> 
         Err(e) => Err(format!("waiting for the jailed process: {e}")),
     }
 }
+
+/// Blocks until a termination signal arrives (they must be blocked); returns it.
+pub fn wait_termination_signal() -> libc::c_int {
+    let s = set();
+    let mut sig: libc::c_int = 0;
+    loop {
+        // SAFETY: sigwait with a valid set and out-pointer.
+        if unsafe { libc::sigwait(&s, &mut sig) } == 0 {
+            return sig;
+        }
+    }
+}

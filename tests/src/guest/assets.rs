@@ -19,6 +19,7 @@ pub const KERNEL_META_PKG: &str = "linux-image-6.12-cloud-amd64";
 
 /// Modules of the base initramfs, loaded in this order (dependencies first).
 pub const GUEST_MODULES: &[&str] = &[
+    "virtio_mmio",
     "virtio_blk",
     "virtio_net",
     "virtio-rng",
@@ -29,6 +30,13 @@ pub const GUEST_MODULES: &[&str] = &[
 /// to the agent, which powers off.
 pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
+if [ -f /cordon/run.sh ] && [ ! -e /.cordon-root ]; then
+  # L1: jails pivot_root, which the initramfs (rootfs) cannot do: move onto a tmpfs first.
+  mkdir -p /newroot && mount -t tmpfs -o size=90% root /newroot
+  for d in /*; do [ "$d" = /newroot ] || cp -a "$d" /newroot/; done
+  touch /newroot/.cordon-root
+  exec switch_root /newroot /init
+fi
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /tmp /mnt /run; mount -t tmpfs tmp /tmp
 for m in $(cat /lib/modules/order 2>/dev/null); do
@@ -45,6 +53,9 @@ if [ -f /cordon/run.sh ]; then
 fi
 exec /bin/cordon-guest-agent --poweroff
 "#;
+
+/// Bumped when the initramfs layout changes (part of the cache key).
+const LAYOUT_VERSION: &str = "2";
 
 /// Everything a guest boot needs, cached on disk.
 #[derive(Debug, Clone)]
@@ -267,6 +278,7 @@ pub fn initramfs(a: &GuestAssets, modules: &[&str]) -> Result<Cpio> {
         "root",
         "etc",
         "lib/modules",
+        "var/empty",
     ] {
         c.dir(d);
     }
@@ -287,6 +299,7 @@ fn base_initramfs(a: &GuestAssets) -> Result<PathBuf> {
     let mut h = Sha256::new();
     h.update(std::fs::read(&a.agent)?);
     h.update(INIT_SCRIPT);
+    h.update(LAYOUT_VERSION);
     h.update(GUEST_MODULES.join(",").as_bytes());
     h.update(a.kernel_version.as_bytes());
     h.update(std::fs::read(tool("busybox")?)?);

@@ -75,6 +75,7 @@ pub struct NestedRunner {
     l2_checks: Vec<Check>,
     files: Vec<(String, Content, u32)>,
     script: Option<String>,
+    carry_qemu: bool,
     timeout: Duration,
     l1_memory_mb: u32,
     name: Option<String>,
@@ -95,6 +96,7 @@ impl NestedRunner {
             l2_checks: Vec::new(),
             files: Vec::new(),
             script: None,
+            carry_qemu: true,
             timeout,
             l1_memory_mb: 2048,
             name: None,
@@ -161,6 +163,15 @@ impl NestedRunner {
     /// `$L2_KERNEL`, `$L2_INITRD`, `$L2_CMDLINE` and send its serial console to stdout.
     pub fn script(mut self, sh: &str) -> Self {
         self.script = Some(sh.into());
+        self.carry_qemu = false;
+        self
+    }
+
+    /// A VMM script that uses QEMU (carried into L1 with its libraries and firmware), for
+    /// stand-in set-ups beyond [`STAND_IN_VMM`] (e.g. vhost-user devices for L2).
+    pub fn qemu_script(mut self, sh: &str) -> Self {
+        self.script = Some(sh.into());
+        self.carry_qemu = true;
         self
     }
 
@@ -229,7 +240,7 @@ impl NestedRunner {
             };
             c.file(&format!("cordon/{dest}"), *mode, &data);
         }
-        if self.script.is_none() {
+        if self.carry_qemu {
             add_qemu(&mut c)?;
         }
         let script = format!(
@@ -274,7 +285,7 @@ impl NestedRunner {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
         }
-        if self.script.is_none() {
+        if self.carry_qemu {
             tool("qemu-system-x86_64")?;
         }
         let header = self.header(
