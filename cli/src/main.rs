@@ -2,8 +2,10 @@
 
 use clap::{Parser, Subcommand};
 
+mod ctl;
 mod device;
 mod devices;
+mod run;
 mod seccomp;
 
 /// Sandboxed virtio device backends over vhost-user, and a lean KVM VMM.
@@ -23,6 +25,12 @@ enum Command {
     Devices(devices::DevicesCmd),
     /// Lint, compile, disassemble, simulate, measure and generate seccomp policies.
     Seccomp(seccomp::SeccompCmd),
+    /// Boot a Linux guest in Cordon's KVM VMM (devices are vhost-user backends).
+    Run(run::RunArgs),
+    /// Stop a VM started with `cordon run -s PATH`.
+    Stop(ctl::CtlArgs),
+    /// Show a running VM's state, devices and their backends.
+    Status(ctl::CtlArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +39,9 @@ fn main() -> std::process::ExitCode {
         Command::Device(cmd) => device::run(cmd),
         Command::Devices(cmd) => devices::run(cmd),
         Command::Seccomp(cmd) => seccomp::run(cmd),
+        Command::Run(a) => std::process::exit(run::main(a)),
+        Command::Stop(a) => ctl::stop(a),
+        Command::Status(a) => ctl::status(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

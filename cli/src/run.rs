@@ -1,0 +1,166 @@
+//! `cordon run`: boot a Linux guest in Cordon's KVM VMM.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use cordon_frontend::pci::vhost::{DeviceKind, KIND_NAMES};
+use cordon_frontend::vmm::{ConsoleOutput, Vm, VmConfig};
+
+/// Default kernel command line: serial console, i8042 reboot (the VMM exits cleanly on
+/// it), reboot immediately on panic.
+pub const DEFAULT_PARAMS: &str = "console=ttyS0 reboot=k panic=-1";
+
+/// Options of `cordon run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Kernel to boot: a bzImage (64-bit boot protocol) or an uncompressed vmlinux ELF.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk (cpio archive, optionally compressed).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STRING", default_value = DEFAULT_PARAMS)]
+    pub params: String,
+    /// Guest memory in MiB (32..=1048576).
+    #[arg(long, value_name = "MiB", default_value_t = 512)]
+    pub mem: u64,
+    /// Number of vCPUs (1..=32).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u8,
+    /// Do not forward stdin to the guest's serial console.
+    #[arg(long)]
+    pub no_console_input: bool,
+    /// A virtio-pci device served by a vhost-user backend, crosvm's form:
+    /// `type=block|net|rng|vsock|console|wl,socket=PATH`. Repeatable.
+    #[arg(long = "vhost-user", value_name = "type=KIND,socket=PATH")]
+    pub vhost_user: Vec<String>,
+    /// Seconds to wait for each vhost-user backend to accept the connection.
+    #[arg(long, value_name = "SECS", default_value_t = 3)]
+    pub backend_timeout: u64,
+    /// Control socket: `cordon stop PATH` and `cordon status PATH` talk to it.
+    #[arg(short = 's', long = "socket", value_name = "PATH")]
+    pub control: Option<PathBuf>,
+}
+
+/// A parsed `--vhost-user` value.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VhostUserOpt {
+    /// Device type.
+    pub kind: DeviceKind,
+    /// Backend socket.
+    pub socket: PathBuf,
+}
+
+/// Parses `type=KIND,socket=PATH` (keys in any order).
+pub fn parse_vhost_user(s: &str) -> Result<VhostUserOpt> {
+    let mut kind = None;
+    let mut socket = None;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("type", v)) => {
+                kind = Some(DeviceKind::parse(v).ok_or_else(|| {
+                    anyhow::anyhow!("--vhost-user {s}: unknown type {v:?} (accepted: {KIND_NAMES})")
+                })?)
+            }
+            Some(("socket", v)) if !v.is_empty() => socket = Some(PathBuf::from(v)),
+            _ => bail!("--vhost-user {s}: bad field {part:?} (expected type=KIND,socket=PATH)"),
+        }
+    }
+    match (kind, socket) {
+        (Some(kind), Some(socket)) => Ok(VhostUserOpt { kind, socket }),
+        _ => bail!("--vhost-user {s}: both type= and socket= are required"),
+    }
+}
+
+/// Checks the files before any KVM work, so a typo gives a one-line error at once.
+fn preflight(a: &RunArgs) -> Result<()> {
+    readable_file("--kernel", &a.kernel)?;
+    if let Some(i) = &a.initrd {
+        readable_file("--initrd", i)?;
+    }
+    Ok(())
+}
+
+fn readable_file(flag: &str, p: &std::path::Path) -> Result<()> {
+    match std::fs::File::open(p).and_then(|f| f.metadata()) {
+        Err(e) => bail!("{flag} {}: {e}", p.display()),
+        Ok(m) if !m.is_file() => bail!("{flag} {}: not a regular file", p.display()),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Entry point of `cordon run`: runs the VM, prints any setup error as one line, and
+/// returns the process exit code.
+pub fn main(a: RunArgs) -> i32 {
+    match run(a) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cordon run: error: {e:#}");
+            1
+        }
+    }
+}
+
+/// Runs the VM; returns the process exit code (0 when the guest rebooted/powered off or
+/// was stopped, non-zero on a crash or VMM error).
+pub fn run(a: RunArgs) -> Result<i32> {
+    preflight(&a)?;
+    let devices = a
+        .vhost_user
+        .iter()
+        .map(|s| parse_vhost_user(s))
+        .collect::<Result<Vec<_>>>()?;
+    let mut vm = Vm::new(VmConfig {
+        mem_mib: a.mem,
+        cpus: a.cpus,
+        console: ConsoleOutput::Stdout,
+        console_input: !a.no_console_input,
+    })?;
+    for d in &devices {
+        vm.add_vhost_user(
+            d.kind,
+            &d.socket,
+            std::time::Duration::from_secs(a.backend_timeout),
+        )?;
+    }
+    vm.load_kernel(&a.kernel, a.initrd.as_deref(), &a.params)?;
+    if let Some(p) = &a.control {
+        vm.listen_control(p)?;
+    }
+    if let Err(e) = cordon_frontend::vmm::stop_on_signals() {
+        log::warn!("SIGTERM will not stop the VM cleanly: {e}");
+    }
+    let reason = vm.run();
+    let code = reason.exit_code();
+    if code == 0 {
+        log::info!("VM ended: {reason}");
+    } else {
+        log::error!("VM ended: {reason}");
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vhost_user_option_parses_crosvm_form() {
+        let o = parse_vhost_user("type=rng,socket=/tmp/r.sock").unwrap();
+        assert_eq!(o.kind, DeviceKind::Rng);
+        assert_eq!(o.socket, PathBuf::from("/tmp/r.sock"));
+        let o = parse_vhost_user("socket=/s,type=block").unwrap();
+        assert_eq!(o.kind, DeviceKind::Block);
+        let e = parse_vhost_user("type=gpu,socket=/s")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("accepted: block, net, rng, vsock, console, wl"),
+            "{e}"
+        );
+        assert!(parse_vhost_user("type=rng").is_err());
+        assert!(parse_vhost_user("type=rng,socket=/s,extra=1").is_err());
+    }
+}
