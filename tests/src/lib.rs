@@ -2,4 +2,5 @@
 #![deny(missing_docs)]
 
 pub mod container;
+pub mod e2e;
 pub mod guest;

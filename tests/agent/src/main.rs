@@ -9,6 +9,7 @@
 
 mod checks;
 mod hex;
+mod peer;
 mod report;
 mod spec;
 mod sysutil;
@@ -17,7 +18,7 @@ use report::{emit, result_line, Outcome};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: cordon-guest-agent [--poweroff] [--checks SPEC] [--list]\n\
+const USAGE: &str = "usage: cordon-guest-agent [--poweroff] [--checks SPEC] [--list] | --peer PEER ARGS...\n\
   Without --checks, the plan is read from /proc/cmdline (cordon.checks=, cordon.vm=, cordon.timeout=).";
 
 fn run_one(c: &spec::CheckSpec, default_timeout: Duration) -> Outcome {
@@ -63,7 +64,11 @@ fn power_off() {
 fn main() {
     let mut poweroff = false;
     let mut plan_arg = None;
-    let mut args = std::env::args().skip(1);
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("--peer") {
+        std::process::exit(peer::main(&argv[1..]));
+    }
+    let mut args = argv.into_iter();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--poweroff" => poweroff = true,

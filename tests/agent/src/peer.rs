@@ -1,0 +1,140 @@
+//! Host-side peers for end-to-end runs, where the "host" is a minimal system (the nested
+//! L1) with nothing but busybox: `--peer unix-echo PATH` serves a Unix socket (the host end
+//! of guest-initiated vsock streams, `<uds-path>_<port>`), `--peer vsock-connect UDS PORT
+//! LEN` opens a host-initiated vsock stream through the hybrid vsock device
+//! (`CONNECT <port>\n` / `OK <n>\n`), sends LEN pseudo-random bytes, half-closes and checks
+//! that the guest echoed exactly them. Each prints one `CORDON-PEER` line.
+
+use crate::report::emit;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+/// How long `vsock-connect` keeps retrying while the guest is not listening yet.
+const CONNECT_RETRY: Duration = Duration::from_secs(120);
+
+/// Runs the peer named by `args` (after `--peer`); returns the process exit code.
+pub fn main(args: &[String]) -> i32 {
+    let r = match args {
+        [kind, path] if kind == "unix-echo" => unix_echo(path),
+        [kind, uds, port, len] if kind == "vsock-connect" => {
+            match (port.parse::<u32>(), len.parse::<usize>()) {
+                (Ok(p), Ok(l)) => vsock_connect(uds, p, l),
+                _ => Err(format!("vsock-connect: bad PORT {port:?} or LEN {len:?}")),
+            }
+        }
+        _ => Err(format!(
+            "unknown peer {args:?}; usage: --peer unix-echo PATH | --peer vsock-connect UDS PORT LEN"
+        )),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            emit(&format!("CORDON-PEER error {e}"));
+            1
+        }
+    }
+}
+
+/// Pseudo-random bytes (xorshift64), the same for the same length.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ len as u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// FNV-1a, a short fingerprint for the log line.
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn unix_echo(path: &str) -> Result<(), String> {
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).map_err(|e| format!("bind {path}: {e}"))?;
+    emit(&format!("CORDON-PEER listening {path}"));
+    for s in l.incoming() {
+        let mut s = s.map_err(|e| format!("accept: {e}"))?;
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let r = s
+                .read_to_end(&mut got)
+                .and_then(|_| s.write_all(&got))
+                .and_then(|_| s.shutdown(Shutdown::Write));
+            emit(&format!(
+                "CORDON-PEER unix-echo bytes={} fnv={:016x} ok={}",
+                got.len(),
+                fnv(&got),
+                r.is_ok()
+            ));
+        });
+    }
+    Ok(())
+}
+
+fn vsock_connect_once(uds: &str, port: u32, data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut s = UnixStream::connect(uds).map_err(|e| format!("connect {uds}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(|e| format!("CONNECT: {e}"))?;
+    let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|e| format!("reply: {e}"))?;
+    if !line.starts_with("OK ") {
+        return Err(format!("device answered {line:?}"));
+    }
+    let writer = std::thread::spawn({
+        let mut s = s.try_clone().map_err(|e| e.to_string())?;
+        let data = data.to_vec();
+        move || {
+            let r = s.write_all(&data);
+            let _ = s.shutdown(Shutdown::Write);
+            r
+        }
+    });
+    let mut got = Vec::new();
+    r.read_to_end(&mut got)
+        .map_err(|e| format!("receive: {e}"))?;
+    writer
+        .join()
+        .map_err(|_| "writer panicked".to_string())?
+        .map_err(|e| format!("send: {e}"))?;
+    Ok(got)
+}
+
+fn vsock_connect(uds: &str, port: u32, len: usize) -> Result<(), String> {
+    let data = pattern(len);
+    let start = Instant::now();
+    loop {
+        match vsock_connect_once(uds, port, &data) {
+            Ok(got) if got.is_empty() && start.elapsed() < CONNECT_RETRY => {}
+            Ok(got) => {
+                emit(&format!(
+                    "CORDON-PEER vsock-connect port={port} sent={} received={} sent_fnv={:016x} received_fnv={:016x} ok={}",
+                    data.len(),
+                    got.len(),
+                    fnv(&data),
+                    fnv(&got),
+                    got == data
+                ));
+                return if got == data {
+                    Ok(())
+                } else {
+                    Err("echo differs".into())
+                };
+            }
+            Err(e) if start.elapsed() > CONNECT_RETRY => return Err(e),
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
