@@ -258,3 +258,49 @@ fn block_io_syscalls_allowed() {
     });
     assert_eq!(r, ChildExit::Signaled(SIGSYS), "rng may not pwrite");
 }
+
+/// Every syscall a shipped policy allows unconditionally really passes the kernel filter:
+/// each is called with all-ones (invalid) arguments, so it fails harmlessly with EBADF,
+/// EFAULT or EINVAL instead of acting, and the child must not die of SIGSYS.
+#[test]
+fn every_unconditional_allow_passes_the_kernel() {
+    use cordon_seccomp::policy::Action;
+    use cordon_seccomp::{parser::parse_file, source_policy_dir, Arch};
+    // Calls that would end the child, change signal state or reach other processes.
+    const UNSAFE: [&str; 10] = [
+        "exit",
+        "exit_group",
+        "rt_sigreturn",
+        "kill",
+        "tkill",
+        "tgkill",
+        "vfork",
+        "fork",
+        "clone",
+        "pause",
+    ];
+    let arch = Arch::native();
+    for name in loadable() {
+        let path = source_policy_dir(arch).join(format!("{name}.policy"));
+        let policy = parse_file(&path, arch).unwrap_or_else(|e| panic!("{e}"));
+        let nrs: Vec<(String, u32)> = policy
+            .rules
+            .iter()
+            .filter(|r| r.filter.is_unconditional() && r.filter.action == Action::Allow)
+            .filter(|r| !UNSAFE.contains(&r.name.as_str()))
+            .map(|r| (r.name.clone(), r.nr))
+            .collect();
+        assert!(nrs.len() > 30, "{name}: {} unconditional allows", nrs.len());
+        let r = run_filtered(&prog(name), || {
+            for (_, nr) in &nrs {
+                sys(*nr as libc::c_long, [u64::MAX; 6]);
+            }
+            0
+        });
+        assert_eq!(
+            r,
+            ChildExit::Exited(0),
+            "{name}: an allowed syscall was refused"
+        );
+    }
+}
