@@ -10,7 +10,7 @@
 //! `tests/tests/e2e_full_stack.rs`.
 
 use crate::guest::peers::ext4_image;
-use crate::guest::{CheckResult, Check, GuestMode, NestedRunner, Results};
+use crate::guest::{Check, CheckResult, GuestMode, NestedRunner, Results};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
@@ -70,7 +70,7 @@ rc=$?
 echo "CORDON-E2E cordon run exited $rc"
 for kid in $(cat /proc/$devices/task/$devices/children 2>/dev/null); do
   p=$kid; while set -- $(cat /proc/$p/task/$p/children 2>/dev/null) && [ $# = 1 ]; do p=$1; done
-  echo "CORDON-E2E-JAIL $(cat /proc/$kid/comm) $(grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/$p/status | tr '\t\n' '  ')"
+  echo "CORDON-E2E-JAIL $(cat /proc/$kid/comm)/$(cat /proc/$p/comm) $(grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/$p/status | tr '\t\n' '  ')"
 done
 kill $devices; wait $devices; echo "CORDON-E2E cordon devices exited $?"
 echo "CORDON-E2E-CONSOLE-OUT $(od -An -tx1 $R/con.out | tr -d ' \n')"

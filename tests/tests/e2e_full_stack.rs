@@ -20,10 +20,7 @@ fn guest_uses_every_cordon_device_through_cordon_run() -> anyhow::Result<()> {
     );
     let r = &o.results;
     assert_eq!(r.check_in("l2", "ext4")?.bytes("hex")?, EXT4_FILE.1);
-    assert_eq!(
-        r.check_in("l2", "net-tcp")?.bytes("received")?,
-        TCP_PAYLOAD
-    );
+    assert_eq!(r.check_in("l2", "net-tcp")?.bytes("received")?, TCP_PAYLOAD);
     assert_eq!(
         r.check_in("l2", "vsock-connect")?.bytes("received")?,
         VSOCK_PAYLOAD

@@ -77,7 +77,11 @@ fn main() -> ExitCode {
     let ok = print_report(&outcome);
     println!(
         "\ncordon-demo: {} in {:.1} s ({:?} mode). Full console log: {}",
-        if ok { "every device worked" } else { "SOME DEVICES FAILED" },
+        if ok {
+            "every device worked"
+        } else {
+            "SOME DEVICES FAILED"
+        },
         outcome.results.elapsed.as_secs_f64(),
         outcome.mode,
         outcome.results.log.display()

@@ -30,8 +30,9 @@ pub const STAND_IN_VMM: &str = r#"qemu-system-x86_64 -L /usr/share/qemu -M micro
   -append "$L2_CMDLINE pci=off"
 "#;
 
-/// Modules L1 loads (KVM for AMD, as QEMU TCG `-cpu max` emulates SVM).
-pub const L1_MODULES: &[&str] = &["kvm_amd"];
+/// Modules L1 loads: KVM for AMD (QEMU TCG `-cpu max` emulates SVM), and TUN for the TAP
+/// devices of net backends running in L1.
+pub const L1_MODULES: &[&str] = &["kvm_amd", "tun"];
 
 /// Default timeout of a whole nested run (`CORDON_GUEST_TIMEOUT` seconds overrides).
 pub const NESTED_TIMEOUT: Duration = Duration::from_secs(300);
