@@ -76,6 +76,15 @@ impl<B: Backend> VhostUserBackend for Served<B> {
         self.inner.set_config(offset, buf)
     }
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap<()>>) -> Result<()> {
+        if let Err(e) = check_regions(&mem) {
+            // The daemon already published the new table to the vrings: withdraw it, so no
+            // access can touch a mapping past the end of its file (SIGBUS).
+            if let Ok(guard) = mem.lock() {
+                guard.replace(GuestMemoryMmap::new());
+            }
+            log::warn!("rejected memory table: {e}");
+            return Err(e);
+        }
         self.inner.update_memory(mem)
     }
     fn set_backend_req_fd(&self, backend: BackendReq) {
@@ -125,4 +134,28 @@ impl<B: Backend> VhostUserBackend for Served<B> {
     fn check_device_state(&self) -> Result<()> {
         self.inner.check_device_state()
     }
+}
+
+/// Every file-backed region must lie within its file: mapping past the end would turn a
+/// guest access into SIGBUS.
+fn check_regions(mem: &GuestMemoryAtomic<GuestMemoryMmap<()>>) -> Result<()> {
+    use vm_memory::{GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion};
+    let m = mem.memory();
+    for r in m.iter() {
+        let Some(fo) = r.file_offset() else { continue };
+        let size = fo.file().metadata()?.len();
+        let end = fo.start().checked_add(r.len());
+        if end.is_none_or(|e| e > size) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "region at guest {:#x}: {} bytes at file offset {} but the file has {size}",
+                    r.start_addr().0,
+                    r.len(),
+                    fo.start()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

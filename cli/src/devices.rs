@@ -13,6 +13,7 @@ pub static KINDS: &[&dyn DeviceKind] = &[
     &cordon_block::KIND,
     &cordon_net::KIND,
     &cordon_vsock::KIND,
+    &cordon_wayland::KIND,
 ];
 
 /// Arguments of `cordon devices` (parsed at run time: the device flags come from `KINDS`).

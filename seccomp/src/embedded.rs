@@ -77,6 +77,7 @@ pub fn load_policy(name: &str, policy_dir: Option<&Path>) -> Result<BpfProgram, 
         return embedded(name).ok_or_else(|| LoadError::NotFound(name.to_string(), None));
     };
     let bpf = dir.join(format!("{name}.bpf"));
+    log::debug!("seccomp policy {name}: looking in {}", dir.display());
     if bpf.exists() {
         let bytes = std::fs::read(&bpf).map_err(|e| LoadError::Io(bpf.clone(), e))?;
         return BpfProgram::from_bytes(&bytes).map_err(|e| LoadError::Format(bpf, e));

@@ -177,3 +177,110 @@ fn setup_errors_are_reported() {
         .unwrap_err();
     assert!(e.to_string().contains("/definitely/not/here"), "{e}");
 }
+
+/// Forks a plain child that runs `f` (which may call `Jail::enter` on itself).
+fn in_child(f: impl FnOnce() -> i32) -> ChildExit {
+    // SAFETY: the child runs `f` and _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        let c = f();
+        // SAFETY: leave the forked child without unwinding.
+        unsafe { libc::_exit(c) }
+    }
+    let mut st = 0;
+    // SAFETY: valid out-parameter.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+    if libc::WIFSIGNALED(st) {
+        ChildExit::Signaled(libc::WTERMSIG(st))
+    } else {
+        ChildExit::Exited(libc::WEXITSTATUS(st))
+    }
+}
+
+#[test]
+fn enter_jails_the_current_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_path_buf();
+    let r = in_child(move || {
+        if Jail::new().bind_rw(&d).enter().is_err() {
+            return 2;
+        }
+        if Path::new("/etc").exists() || !d.exists() {
+            return 3;
+        }
+        if std::fs::write(d.join("x"), b"1").is_err() {
+            return 4;
+        }
+        // The PID namespace applies to children: a thread-free fork is PID 1.
+        // SAFETY: fork in a single-threaded process; the grandchild only calls getpid.
+        unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                libc::_exit(if libc::getpid() == 1 { 0 } else { 1 });
+            }
+            let mut st = 0;
+            libc::waitpid(pid, &mut st, 0);
+            if !libc::WIFEXITED(st) || libc::WEXITSTATUS(st) != 0 {
+                return 5;
+            }
+        }
+        0
+    });
+    assert_eq!(r, ChildExit::Exited(0));
+    assert!(
+        dir.path().join("x").exists(),
+        "write through the bind mount"
+    );
+}
+
+#[test]
+fn works_without_root_through_a_user_namespace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("data"), b"for nobody").expect("write");
+    // Let `nobody` traverse our temp dir.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let data = dir.path().join("data");
+    let r = in_child(move || {
+        // SAFETY: drop to nobody in this single-threaded child.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return 2;
+            }
+            // A uid change clears "dumpable" (which makes /proc/self root-owned); a user who
+            // started the device normally is dumpable, as restored here.
+            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+        }
+        let jail = Jail::new().bind_ro(&data);
+        let child = match jail.fork_jailed(move || match std::fs::read(&data) {
+            Ok(b) if b == b"for nobody" && !Path::new("/etc").exists() => {
+                // SAFETY: getpid has no arguments.
+                if unsafe { libc::getpid() } == 1 {
+                    0
+                } else {
+                    4
+                }
+            }
+            _ => 5,
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return 3;
+            }
+        };
+        match child.wait() {
+            Ok(ChildExit::Exited(c)) => c,
+            _ => 6,
+        }
+    });
+    assert_eq!(
+        r,
+        ChildExit::Exited(0),
+        "unprivileged jail (needs unprivileged user namespaces)"
+    );
+}

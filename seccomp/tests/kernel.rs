@@ -226,10 +226,14 @@ fn block_io_syscalls_allowed() {
     let fd = f.as_raw_fd() as u64;
     let r = run_filtered(&p, move || {
         let data = *b"cordon-block-test";
+        let iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
         if sys(
-            libc::SYS_pwrite64,
-            [fd, data.as_ptr() as u64, data.len() as u64, 512, 0, 0],
-        ) != data.len() as i64
+            libc::SYS_pwritev,
+            [fd, &iov as *const libc::iovec as u64, 1, 512, 0, 0],
+        ) != 17
         {
             return 2;
         }
@@ -237,24 +241,81 @@ fn block_io_syscalls_allowed() {
             return 3;
         }
         let mut back = [0u8; 17];
+        let iov = libc::iovec {
+            iov_base: back.as_mut_ptr() as *mut libc::c_void,
+            iov_len: back.len(),
+        };
         if sys(
-            libc::SYS_pread64,
-            [fd, back.as_mut_ptr() as u64, 17, 512, 0, 0],
+            libc::SYS_preadv,
+            [fd, &iov as *const libc::iovec as u64, 1, 512, 0, 0],
         ) != 17
             || back != data
         {
             return 4;
         }
-        if sys(libc::SYS_fallocate, [fd, 0, 0, 8192, 0, 0]) != 0 {
+        let punch = (libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) as u64;
+        if sys(libc::SYS_fallocate, [fd, punch, 0, 4096, 0, 0]) != 0 {
             return 5;
         }
         0
     });
     assert_eq!(r, ChildExit::Exited(0));
+    // fallocate that would grow the file (mode 0) is outside the argument rule.
+    let r = run_filtered(&p, move || {
+        sys(libc::SYS_fallocate, [fd, 0, 0, 8192, 0, 0]);
+        0
+    });
+    assert_eq!(r, ChildExit::Signaled(SIGSYS), "fallocate mode 0 must kill");
     let r = run_filtered(&prog("rng_device_vhost_user"), move || {
         let b = [0u8; 4];
         sys(libc::SYS_pwrite64, [fd, b.as_ptr() as u64, 4, 0, 0, 0]);
         0
     });
     assert_eq!(r, ChildExit::Signaled(SIGSYS), "rng may not pwrite");
+}
+
+/// Every syscall a shipped policy allows unconditionally really passes the kernel filter:
+/// each is called with all-ones (invalid) arguments, so it fails harmlessly with EBADF,
+/// EFAULT or EINVAL instead of acting, and the child must not die of SIGSYS.
+#[test]
+fn every_unconditional_allow_passes_the_kernel() {
+    use cordon_seccomp::policy::Action;
+    use cordon_seccomp::{parser::parse_file, source_policy_dir, Arch};
+    // Calls that would end the child, change signal state or reach other processes.
+    const UNSAFE: [&str; 10] = [
+        "exit",
+        "exit_group",
+        "rt_sigreturn",
+        "kill",
+        "tkill",
+        "tgkill",
+        "vfork",
+        "fork",
+        "clone",
+        "pause",
+    ];
+    let arch = Arch::native();
+    for name in loadable() {
+        let path = source_policy_dir(arch).join(format!("{name}.policy"));
+        let policy = parse_file(&path, arch).unwrap_or_else(|e| panic!("{e}"));
+        let nrs: Vec<(String, u32)> = policy
+            .rules
+            .iter()
+            .filter(|r| r.filter.is_unconditional() && r.filter.action == Action::Allow)
+            .filter(|r| !UNSAFE.contains(&r.name.as_str()))
+            .map(|r| (r.name.clone(), r.nr))
+            .collect();
+        assert!(nrs.len() > 30, "{name}: {} unconditional allows", nrs.len());
+        let r = run_filtered(&prog(name), || {
+            for (_, nr) in &nrs {
+                sys(*nr as libc::c_long, [u64::MAX; 6]);
+            }
+            0
+        });
+        assert_eq!(
+            r,
+            ChildExit::Exited(0),
+            "{name}: an allowed syscall was refused"
+        );
+    }
 }

@@ -131,3 +131,28 @@ fn tcg_guest_failures_quote_the_console() {
     assert!(msg.contains("no-such-check"), "{msg}");
     assert!(msg.contains("console tail"), "{msg}");
 }
+
+#[test]
+fn tcg_guest_hang_and_panic_fail_with_console_tail() -> anyhow::Result<()> {
+    // A boot that cannot finish in time is killed and reported.
+    let err = GuestRunner::tcg()
+        .timeout(std::time::Duration::from_secs(1))
+        .check(Check::kernel())
+        .run()
+        .expect_err("a 1 s boot must time out");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("timed out"), "{msg}");
+
+    // A kernel without a usable initramfs panics; the run fails quoting the panic.
+    let dir = tempfile::tempdir()?;
+    let bad = dir.path().join("not-a-cpio");
+    std::fs::write(&bad, b"this is not an initramfs")?;
+    let err = GuestRunner::tcg()
+        .initramfs(&bad)
+        .check(Check::kernel())
+        .run()
+        .expect_err("a panicking kernel must fail the run");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("Kernel panic"), "{msg}");
+    Ok(())
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -91,6 +91,10 @@ impl VhostUserConnection {
                 .set_protocol_features(acked)
                 .map_err(vhost_err("SET_PROTOCOL_FEATURES"))?;
             self.protocol = acked;
+            if acked.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                // Ask for an ack on every request so backend errors surface here.
+                self.fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
             if acked.contains(VhostUserProtocolFeatures::MQ) {
                 let n = self
                     .fe

@@ -198,6 +198,13 @@ impl Jail {
 
     /// Jails the calling (single-threaded) process; see the module documentation.
     pub fn enter(&self) -> Result<(), JailError> {
+        log::debug!(
+            "entering jail: {} bind mounts, keep fds {:?}, new netns {}, seccomp {}",
+            self.binds.len(),
+            self.keep_fds,
+            self.net_ns,
+            self.policy.is_some()
+        );
         let plan = mounts::MountPlan::prepare(&self.binds)?;
         ns::unshare_all(self.net_ns)?;
         ns::set_hostname(&self.hostname)?;

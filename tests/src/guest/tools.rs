@@ -117,3 +117,24 @@ impl Drop for FileLock {
         unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tool_names_the_install_command() {
+        let e = tool("cordon-no-such-tool").unwrap_err().to_string();
+        assert!(
+            e.contains("cordon-no-such-tool") && e.contains("scripts/setup"),
+            "{e}"
+        );
+        assert!(tool("sh").is_ok());
+    }
+
+    #[test]
+    fn static_elf_detection() {
+        assert!(!is_static_elf(Path::new("/bin/sh")).unwrap());
+        assert!(is_static_elf(Path::new("/etc/hostname")).is_err());
+    }
+}
