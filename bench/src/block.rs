@@ -244,6 +244,60 @@ pub fn rss_kib(pid: u32) -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other(format!("no VmRSS for pid {pid}")))
 }
 
+/// Proportional set size of process `pid` in KiB (shared pages split between sharers).
+pub fn pss_kib(pid: u32) -> std::io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no Pss for pid {pid}")))
+}
+
+/// `pid` and all its descendants, parents first.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut all: Vec<(u32, u32)> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            // Fields after the parenthesised command name: state, ppid, ...
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok());
+            if let Some(pp) = ppid {
+                all.push((p, pp));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(all.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree
+}
+
+/// Memory of a backend: (RSS of the process that serves, KiB; PSS of its whole process tree,
+/// KiB; number of processes).
+pub fn backend_memory(pid: u32) -> std::io::Result<(u64, u64, usize)> {
+    let tree = process_tree(pid);
+    let server = *tree.last().unwrap_or(&pid);
+    let rss = rss_kib(server)?;
+    let mut pss = 0;
+    for p in &tree {
+        pss += pss_kib(*p)?;
+    }
+    Ok((rss, pss, tree.len()))
+}
+
 /// One row of the results table.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -258,7 +312,7 @@ pub struct Row {
 }
 
 /// Render the results as Markdown.
-pub fn render(rows: &[Row], rss: &[(String, u64)], notes: &str) -> String {
+pub fn render(rows: &[Row], mem: &[(String, (u64, u64, usize))], notes: &str) -> String {
     let mut s = String::new();
     s.push_str("# Block benchmark results\n\n");
     s.push_str(notes);
@@ -304,9 +358,16 @@ pub fn render(rows: &[Row], rss: &[(String, u64)], notes: &str) -> String {
             }
         }
     }
-    s.push_str("\n## Idle RSS\n\n| process | RSS (MiB) |\n|---|---:|\n");
-    for (name, kib) in rss {
-        s.push_str(&format!("| {name} | {:.1} |\n", *kib as f64 / 1024.0));
+    s.push_str("\n## Idle memory\n\nRSS of the process that serves the socket (for block-device: the jailed \
+                child), and PSS summed over the backend's whole process tree (block-device: unjailed \
+                waiter + namespace init + jailed server; shared pages counted once).\n\n\
+                | backend | RSS of the serving process (MiB) | PSS of the process tree (MiB) | processes |\n|---|---:|---:|---:|\n");
+    for (name, (rss, pss, n)) in mem {
+        s.push_str(&format!(
+            "| {name} | {:.1} | {:.1} | {n} |\n",
+            *rss as f64 / 1024.0,
+            *pss as f64 / 1024.0
+        ));
     }
     s
 }

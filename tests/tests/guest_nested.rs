@@ -7,6 +7,8 @@ use cordon_tests::guest::{Check, NestedRunner};
 
 #[test]
 fn nested_l2_guest_boots_under_stand_in_vmm() -> anyhow::Result<()> {
+    let mut disk = vec![0u8; 2 << 20];
+    disk[..16].copy_from_slice(b"HELLO-FROM-HOST!");
     let r = NestedRunner::new()?
         .file_bytes("note.txt", b"from the host")
         .l2_checks(&[Check::kernel()])
@@ -21,7 +23,7 @@ fn nested_l2_guest_boots_under_stand_in_vmm() -> anyhow::Result<()> {
 }
 
 /// The L1 script: Cordon's own VMM (`cordon run`, static binary) boots L2 with Cordon's
-/// rng and serial backends, each jailed inside L1. The console backend writes the guest's
+/// rng, serial and block backends, each jailed inside L1. The console backend writes the guest's
 /// output to a file (printed in hex at the end) and reads its input from a fifo, which the
 /// script feeds once the guest's output arrived.
 const CORDON_RUN_IN_L1: &str = r#"mkfifo /tmp/con.in; exec 3<>/tmp/con.in
@@ -31,34 +33,43 @@ const CORDON_RUN_IN_L1: &str = r#"mkfifo /tmp/con.in; exec 3<>/tmp/con.in
 cordon device rng --socket-path /tmp/rng.sock > /tmp/rng.log 2>&1 &
 rng=$!
 cordon device serial --socket-path /tmp/con.sock --output-file /tmp/con.out --input-file /tmp/con.in > /tmp/con.log 2>&1 &
-for s in rng con; do
+cordon device block --socket-path /tmp/blk.sock --file disk.img > /tmp/blk.log 2>&1 &
+for s in rng con blk; do
   i=0; while [ ! -S /tmp/$s.sock ]; do
     sleep 0.1; i=$((i+1))
     if [ $i -gt 300 ]; then echo "$s backend did not listen"; cat /tmp/$s.log; exit 1; fi
   done
 done
 cordon run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --params "$L2_CMDLINE" --mem 256 \
-  --no-console-input --vhost-user type=rng,socket=/tmp/rng.sock --vhost-user type=console,socket=/tmp/con.sock
+  --no-console-input --vhost-user type=rng,socket=/tmp/rng.sock --vhost-user type=console,socket=/tmp/con.sock \
+  --vhost-user type=block,socket=/tmp/blk.sock
 rc=$?
 # The jailed device is the leaf of the backend's process chain.
 p=$rng
 while set -- $(cat /proc/$p/task/$p/children 2>/dev/null) && [ $# = 1 ]; do p=$1; done
 grep -E '^(NoNewPrivs|CapEff)' /proc/$p/status | sed 's/^/L1-RNG-JAIL /'
 echo "L1-CONSOLE-OUT $(od -An -tx1 /tmp/con.out | tr -d ' \n')"
-sed 's/^/L1-RNG-LOG /' /tmp/rng.log; sed 's/^/L1-CON-LOG /' /tmp/con.log
+echo "L1-DISK-AT-512 $(dd if=disk.img bs=512 skip=1 count=1 2>/dev/null | head -c 16)"
+sed 's/^/L1-RNG-LOG /' /tmp/rng.log; sed 's/^/L1-CON-LOG /' /tmp/con.log; sed 's/^/L1-BLK-LOG /' /tmp/blk.log
 exit $rc
 "#;
 
 #[test]
-fn cordon_run_boots_l2_with_jailed_cordon_rng_and_console() -> anyhow::Result<()> {
+fn cordon_run_boots_l2_with_jailed_cordon_rng_console_and_block() -> anyhow::Result<()> {
+    let mut disk = vec![0u8; 2 << 20];
+    disk[..16].copy_from_slice(b"HELLO-FROM-HOST!");
     let r = NestedRunner::new()?
         .static_bin("cordon", "cordon")?
+        .file_bytes("disk.img", &disk)
         .script(CORDON_RUN_IN_L1)
         .l2_checks(&[
             Check::hwrng(32),
             Check::new("console")
                 .bytes("out", b"GUEST-OUT")
                 .bytes("in", b"HOST-IN!"),
+            Check::blk_read("vda", 0, 16),
+            Check::blk_write("vda", 512, b"GUEST-WROTE-THIS"),
+            Check::blk_rw("vda", 1 << 20, 4096),
         ])
         .run()?;
     let h = r.check_in("l2", "hwrng")?;
@@ -79,5 +90,11 @@ fn cordon_run_boots_l2_with_jailed_cordon_rng_and_console() -> anyhow::Result<()
         r.console.contains("L1-RNG-JAIL NoNewPrivs:\t1"),
         "rng backend not jailed in L1"
     );
+    // Block: the guest read the image's bytes; its write is in the image afterwards.
+    assert_eq!(
+        r.check_in("l2", "blk-read")?.bytes("hex")?,
+        b"HELLO-FROM-HOST!"
+    );
+    assert!(r.console.contains("L1-DISK-AT-512 GUEST-WROTE-THIS"));
     Ok(())
 }

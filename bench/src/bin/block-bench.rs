@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use cordon_bench::block::{host_io, render, rss_kib, vhost_user_blk, Op, Row};
+use cordon_bench::block::{backend_memory, host_io, render, vhost_user_blk, Op, Row};
 
 /// Block device benchmark (not a test).
 #[derive(Parser, Debug)]
@@ -29,13 +29,13 @@ struct Args {
     #[arg(long, default_value_t = 256)]
     image_mib: u64,
     /// Seconds per measurement.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 2.0)]
     seconds: f64,
     /// Extra argument for block-device (repeatable), e.g. `--cordon-arg=--poll-us=0`.
     #[arg(long, allow_hyphen_values = true)]
     cordon_arg: Vec<String>,
     /// Repetitions of each cell (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     reps: usize,
     /// Where to write the Markdown results.
     #[arg(long, default_value = "bench/results/block.md")]
@@ -148,20 +148,6 @@ fn main() -> anyhow::Result<()> {
     let ops = [Op::RandRead, Op::RandWrite];
     let qds = [1usize, 32];
 
-    // (c) the limit: this process on the image directly.
-    for op in ops {
-        let st = host_io(&img, op, dur)?;
-        for qd in qds {
-            rows.push(Row {
-                target: "host pread/pwrite".into(),
-                op,
-                qd,
-                stats: st,
-            });
-        }
-        eprintln!("host {}: {:.0} IOPS", op.name(), st.iops);
-    }
-
     // Backends stay up for the whole run (both accept a new frontend after a disconnect);
     // cells are interleaved across targets and repeated, and the median repetition (by IOPS)
     // is reported, so load changes on this shared machine hit every target alike.
@@ -180,12 +166,15 @@ fn main() -> anyhow::Result<()> {
     ];
     std::thread::sleep(Duration::from_millis(500));
     for (n, p) in names.iter().zip(&procs) {
-        rss.push((format!("{n} (idle, listening)"), rss_kib(p.0.id())?));
+        rss.push((format!("{n} (idle, listening)"), backend_memory(p.0.id())?));
     }
     for op in ops {
         for qd in qds {
             let mut runs: Vec<Vec<cordon_bench::block::Stats>> = vec![Vec::new(); 3];
+            let mut host_runs = Vec::new();
             for _rep in 0..args.reps {
+                // (c) the limit: this process on the image directly.
+                host_runs.push(host_io(&img, op, dur)?);
                 for t in 0..3 {
                     let st = vhost_user_blk(&socks[t], op, qd, dur, size)
                         .with_context(|| format!("{} {} qd{qd}", names[t], op.name()))?;
@@ -193,6 +182,13 @@ fn main() -> anyhow::Result<()> {
                     runs[t].push(st);
                 }
             }
+            host_runs.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+            rows.push(Row {
+                target: "host pread/pwrite".into(),
+                op,
+                qd,
+                stats: host_runs[host_runs.len() / 2],
+            });
             for t in 0..3 {
                 runs[t].sort_by(|a, b| a.iops.total_cmp(&b.iops));
                 let st = runs[t][runs[t].len() / 2];
@@ -207,7 +203,10 @@ fn main() -> anyhow::Result<()> {
     }
     std::thread::sleep(Duration::from_millis(500));
     for (n, p) in names.iter().zip(&procs) {
-        rss.push((format!("{n} (idle, after the runs)"), rss_kib(p.0.id())?));
+        rss.push((
+            format!("{n} (idle, after the runs)"),
+            backend_memory(p.0.id())?,
+        ));
     }
     drop(procs);
 
