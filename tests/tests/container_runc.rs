@@ -7,20 +7,29 @@ use cordon_tests::container::{Bind, Container, ContainerSpec};
 use cordon_tests::guest::assets::build_static;
 use cordon_tests::guest::backend::{leaf_descendant, JailFacts};
 use cordon_tests::guest::{Check, GuestRunner};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const HOST_BYTES: &[u8] = b"written-by-host-before-boot";
 const GUEST_BYTES: &[u8] = b"written-by-guest-in-container";
 
 fn assert_confined(c: &Container, what: &str) -> anyhow::Result<()> {
-    let pid = leaf_descendant(c.pid()?);
-    let jail = JailFacts::of(pid)?;
-    assert!(
-        jail.seccomp == 2 && jail.cap_eff == 0 && jail.no_new_privs && jail.own_mount_ns,
-        "{what} in its container is not confined: {jail:?}\n{}",
-        c.output()
-    );
-    Ok(())
+    // The socket exists before the device enters its jail (it is opened first, by design):
+    // wait until the leaf process is confined, then check everything.
+    let start = Instant::now();
+    loop {
+        let jail = JailFacts::of(leaf_descendant(c.pid()?))?;
+        let confined =
+            jail.seccomp == 2 && jail.cap_eff == 0 && jail.no_new_privs && jail.own_mount_ns;
+        if confined {
+            return Ok(());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what} in its container is not confined: {jail:?}\n{}",
+            c.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
