@@ -166,6 +166,18 @@ mod tests {
         assert!(parse_cmdline("cordon.exit=halt").is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_cmdline_parses_or_errs(cmdline in ".{0,300}") {
+            if let Ok(p) = parse_cmdline(&cmdline) {
+                for c in &p.checks {
+                    let _ = c.u64_or("len", 0);
+                    let _ = c.hex("hex");
+                }
+            }
+        }
+    }
+
     #[test]
     fn rejects_bad_params() {
         assert!(parse_checks("blk-read:dev").is_err());
