@@ -52,7 +52,14 @@ if [ -n "${WITH_QEMU:-}" ]; then
   for f in /usr/share/qemu/qboot.rom /usr/share/seabios/bios-microvm.bin /usr/share/qemu/linuxboot_dma.bin; do
     [ -f "$f" ] && cp -L "$f" "$W/l1-root/usr/share/qemu/"; done
 fi
-printf '%s\n%s\n%s\n' "$common_init" 'echo "L1-READY uptime=$(cut -d" " -f1 /proc/uptime)"; cd /guest' \
+# L1 moves onto a tmpfs first: jailed backends pivot_root, which the initramfs cannot do.
+printf '%s\n%s\n%s\n%s\n' '#!/bin/busybox sh
+if [ ! -e /.tmpfs-root ]; then
+  /bin/busybox mkdir -p /newroot && /bin/busybox mount -t tmpfs -o size=90% root /newroot
+  for d in /*; do [ "$d" = /newroot ] || /bin/busybox cp -a "$d" /newroot/; done
+  /bin/busybox touch /newroot/.tmpfs-root; exec /bin/busybox switch_root /newroot /init
+fi' "$(echo "$common_init" | tail -n +2)" 'mkdir -p /tmp; mount -t tmpfs tmp /tmp
+echo "L1-READY uptime=$(cut -d" " -f1 /proc/uptime)"; cd /guest' \
   "$(cat "$l1script")
 echo \"L1-DONE uptime=\$(cut -d' ' -f1 /proc/uptime)\"; poweroff -f" > "$W/l1-root/init"
 initramfs "$W/l1-root" "$W/l1.cpio.gz" kvm_amd

@@ -9,6 +9,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use anyhow::{bail, Context};
+use cordon_frontend::vhost_user::{Buffer, DriverConfig, VhostUserDriver};
+use vm_memory::{Bytes, GuestAddress};
+
 /// Size of each I/O.
 pub const IO_SIZE: usize = 4096;
 
@@ -116,6 +120,120 @@ pub fn host_io(path: &Path, op: Op, duration: Duration) -> std::io::Result<Stats
     Ok(Stats::from_latencies(&mut lat, elapsed))
 }
 
+/// virtio-blk request types used here.
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+/// virtio-blk feature bits the benchmark driver accepts (SEG_MAX, BLK_SIZE, FLUSH).
+const BLK_FEATURES: u64 = (1 << 2) | (1 << 6) | (1 << 9);
+
+/// One in-flight request slot: header, 4 KiB data buffer, status byte.
+struct Slot {
+    hdr: GuestAddress,
+    data: GuestAddress,
+    status: GuestAddress,
+    start: Instant,
+}
+
+/// Drive a vhost-user-blk backend at `sock` through Cordon's frontend driver: 4 KiB random
+/// `op` at queue depth `qd` for `duration`, one queue. Every status byte is checked.
+pub fn vhost_user_blk(
+    sock: &Path,
+    op: Op,
+    qd: usize,
+    duration: Duration,
+    image_size: u64,
+) -> anyhow::Result<Stats> {
+    let mut cfg = DriverConfig::new(1).with_features(BLK_FEATURES);
+    cfg.mem_size = 32 << 20;
+    let mut d = VhostUserDriver::connect(sock, cfg).context("connect to the backend")?;
+    let mem = d.memory().clone();
+    let mut slots = Vec::with_capacity(qd);
+    for _ in 0..qd {
+        let raw = d.alloc(2 * IO_SIZE)?;
+        let data = GuestAddress((raw.0 + IO_SIZE as u64 - 1) & !(IO_SIZE as u64 - 1));
+        let hdr = d.alloc(16)?;
+        let status = d.alloc(1)?;
+        mem.write_slice(&[0x5a; IO_SIZE], data)?;
+        slots.push(Slot {
+            hdr,
+            data,
+            status,
+            start: Instant::now(),
+        });
+    }
+    let kind = match op {
+        Op::RandRead => T_IN,
+        Op::RandWrite => T_OUT,
+    };
+    let mut offs = Offsets::new(image_size, 0x5eed ^ qd as u64);
+    let mut by_head = vec![usize::MAX; 1 << 16];
+    let mut lat = Vec::with_capacity(1 << 20);
+    let mut submit =
+        |d: &mut VhostUserDriver, slot: usize, slots: &mut [Slot]| -> anyhow::Result<u16> {
+            let s = &mut slots[slot];
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&kind.to_le_bytes());
+            h[8..16].copy_from_slice(&(offs.next_offset() / 512).to_le_bytes());
+            mem.write_slice(&h, s.hdr)?;
+            mem.write_obj(0xffu8, s.status)?;
+            let bufs = [
+                Buffer {
+                    addr: s.hdr,
+                    len: 16,
+                    writable: false,
+                },
+                Buffer {
+                    addr: s.data,
+                    len: IO_SIZE as u32,
+                    writable: op == Op::RandRead,
+                },
+                Buffer {
+                    addr: s.status,
+                    len: 1,
+                    writable: true,
+                },
+            ];
+            s.start = Instant::now();
+            Ok(d.queue(0)?.add(&mem, &bufs)?)
+        };
+    for i in 0..qd {
+        let head = submit(&mut d, i, &mut slots)?;
+        by_head[head as usize] = i;
+    }
+    d.queue(0)?.kick()?;
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let used = d.queue(0)?.wait_used(&mem, Duration::from_secs(10))?;
+        let now = Instant::now();
+        for u in used {
+            let slot = by_head[u.head as usize];
+            if slot == usize::MAX {
+                bail!("backend completed unknown head {}", u.head);
+            }
+            let st: u8 = mem.read_obj(slots[slot].status)?;
+            if st != 0 {
+                bail!("backend returned status {st}");
+            }
+            lat.push(now.duration_since(slots[slot].start).as_nanos() as u64);
+            let head = submit(&mut d, slot, &mut slots)?;
+            by_head[head as usize] = slot;
+        }
+        d.queue(0)?.kick()?;
+    }
+    let elapsed = start.elapsed();
+    // Drain what is still in flight before disconnecting (a backend may not expect a frontend
+    // to vanish with requests outstanding; qemu-storage-daemon 10.0 asserts on it).
+    let mut in_flight = qd;
+    while in_flight > 0 {
+        in_flight -= d
+            .queue(0)?
+            .wait_used(&mem, Duration::from_secs(10))?
+            .len()
+            .min(in_flight);
+    }
+    Ok(Stats::from_latencies(&mut lat, elapsed))
+}
+
 /// Resident set size of process `pid` in KiB (VmRSS).
 pub fn rss_kib(pid: u32) -> std::io::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -124,6 +242,60 @@ pub fn rss_kib(pid: u32) -> std::io::Result<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no VmRSS for pid {pid}")))
+}
+
+/// Proportional set size of process `pid` in KiB (shared pages split between sharers).
+pub fn pss_kib(pid: u32) -> std::io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no Pss for pid {pid}")))
+}
+
+/// `pid` and all its descendants, parents first.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut all: Vec<(u32, u32)> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            // Fields after the parenthesised command name: state, ppid, ...
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok());
+            if let Some(pp) = ppid {
+                all.push((p, pp));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(all.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree
+}
+
+/// Memory of a backend: (RSS of the process that serves, KiB; PSS of its whole process tree,
+/// KiB; number of processes).
+pub fn backend_memory(pid: u32) -> std::io::Result<(u64, u64, usize)> {
+    let tree = process_tree(pid);
+    let server = *tree.last().unwrap_or(&pid);
+    let rss = rss_kib(server)?;
+    let mut pss = 0;
+    for p in &tree {
+        pss += pss_kib(*p)?;
+    }
+    Ok((rss, pss, tree.len()))
 }
 
 /// One row of the results table.
@@ -140,7 +312,7 @@ pub struct Row {
 }
 
 /// Render the results as Markdown.
-pub fn render(rows: &[Row], rss: &[(String, u64)], notes: &str) -> String {
+pub fn render(rows: &[Row], mem: &[(String, (u64, u64, usize))], notes: &str) -> String {
     let mut s = String::new();
     s.push_str("# Block benchmark results\n\n");
     s.push_str(notes);
@@ -158,7 +330,7 @@ pub fn render(rows: &[Row], rss: &[(String, u64)], notes: &str) -> String {
             r.stats.ops
         ));
     }
-    s.push_str("\n## Ratios\n\n| op | QD | block-device / qsd | block-device / host |\n|---|---:|---:|---:|\n");
+    s.push_str("\n## Ratios (IOPS)\n\n| op | QD | block-device / best qsd | block-device / host |\n|---|---:|---:|---:|\n");
     for op in [Op::RandRead, Op::RandWrite] {
         for qd in [1usize, 32] {
             let get = |t: &str| {
@@ -166,9 +338,14 @@ pub fn render(rows: &[Row], rss: &[(String, u64)], notes: &str) -> String {
                     .find(|r| r.target == t && r.op == op && r.qd == qd)
                     .map(|r| r.stats.iops)
             };
+            let best_qsd = rows
+                .iter()
+                .filter(|r| r.target.starts_with("qemu-storage-daemon") && r.op == op && r.qd == qd)
+                .map(|r| r.stats.iops)
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
             if let (Some(c), Some(q), Some(h)) = (
                 get("cordon block-device"),
-                get("qemu-storage-daemon"),
+                best_qsd,
                 get("host pread/pwrite"),
             ) {
                 s.push_str(&format!(
@@ -181,9 +358,16 @@ pub fn render(rows: &[Row], rss: &[(String, u64)], notes: &str) -> String {
             }
         }
     }
-    s.push_str("\n## Idle RSS\n\n| process | RSS (MiB) |\n|---|---:|\n");
-    for (name, kib) in rss {
-        s.push_str(&format!("| {name} | {:.1} |\n", *kib as f64 / 1024.0));
+    s.push_str("\n## Idle memory\n\nRSS of the process that serves the socket (for block-device: the jailed \
+                child), and PSS summed over the backend's whole process tree (block-device: unjailed \
+                waiter + namespace init + jailed server; shared pages counted once).\n\n\
+                | backend | RSS of the serving process (MiB) | PSS of the process tree (MiB) | processes |\n|---|---:|---:|---:|\n");
+    for (name, (rss, pss, n)) in mem {
+        s.push_str(&format!(
+            "| {name} | {:.1} | {:.1} | {n} |\n",
+            *rss as f64 / 1024.0,
+            *pss as f64 / 1024.0
+        ));
     }
     s
 }

@@ -4,3 +4,4 @@
 pub mod block;
 pub mod libseccomp;
 pub mod seccomp;
+pub mod vsock;

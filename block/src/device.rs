@@ -28,6 +28,7 @@ pub struct BlockDevice {
     num_queues: u16,
     queue_size: u16,
     block_size: u32,
+    poll_us: u32,
 }
 
 impl BlockDevice {
@@ -51,6 +52,7 @@ impl BlockDevice {
             num_queues: opts.num_queues.max(1),
             queue_size: opts.queue_size,
             block_size: opts.block_size,
+            poll_us: opts.poll_us,
         }
     }
 
@@ -67,6 +69,11 @@ impl BlockDevice {
     /// Maximum queue size.
     pub fn queue_size(&self) -> u16 {
         self.queue_size
+    }
+
+    /// Busy-poll window after a batch, in microseconds (0: never poll).
+    pub fn poll_us(&self) -> u32 {
+        self.poll_us
     }
 
     /// Capacity in 512-byte sectors.

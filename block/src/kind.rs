@@ -14,8 +14,8 @@ use cordon_backends::{
 use crate::backend::BlockBackend;
 use crate::device::BlockDevice;
 use crate::options::{
-    parse_block_size, parse_id, parse_num_queues, parse_queue_size, BlockOptions,
-    DEFAULT_QUEUE_SIZE,
+    parse_block_size, parse_id, parse_num_queues, parse_poll_us, parse_queue_size, BlockOptions,
+    DEFAULT_POLL_US, DEFAULT_QUEUE_SIZE,
 };
 
 /// Seccomp policy base name of the jailed block device.
@@ -56,6 +56,10 @@ pub struct BlockArgs {
     /// Maximum virtqueue size (power of two, 4-1024).
     #[arg(long, default_value_t = DEFAULT_QUEUE_SIZE, value_parser = |s: &str| parse_queue_size(s))]
     pub queue_size: u16,
+    /// After a batch, busy-poll the queue this many microseconds before sleeping (0-10000;
+    /// 0 never polls).
+    #[arg(long, default_value_t = DEFAULT_POLL_US, value_parser = |s: &str| parse_poll_us(s))]
+    pub poll_us: u32,
 }
 
 impl BlockArgs {
@@ -69,6 +73,7 @@ impl BlockArgs {
         o.num_queues = self.num_queues;
         o.block_size = self.block_size;
         o.queue_size = self.queue_size;
+        o.poll_us = self.poll_us;
         Ok(o)
     }
 }
@@ -98,6 +103,9 @@ pub fn options_from_kv(mut kv: KeyValues) -> anyhow::Result<BlockOptions> {
     if let Some(n) = kv.take_str("queue-size")? {
         o.queue_size = parse_queue_size(&n)?;
     }
+    if let Some(n) = kv.take_str("poll-us")? {
+        o.poll_us = parse_poll_us(&n)?;
+    }
     kv.finish()?;
     Ok(o)
 }
@@ -116,8 +124,7 @@ pub struct OpenedBlock {
 impl OpenedBlock {
     /// Open and lock the image (before jailing).
     pub fn open(opts: &BlockOptions) -> anyhow::Result<Self> {
-        let device = BlockDevice::open(opts)
-            .with_context(|| format!("block device `{}`", opts.path.display()))?;
+        let device = BlockDevice::open(opts).context("block device")?;
         log::info!(
             "block: {} opened ({} sectors{}{}, {} queue(s))",
             opts.path.display(),
@@ -153,7 +160,7 @@ impl DeviceKind for BlockKind {
         "block"
     }
     fn syntax(&self) -> &'static str {
-        "vhost=SOCKET,path=IMAGE[,ro][,sparse=BOOL][,direct=BOOL][,id=ID][,num-queues=N][,block-size=N][,queue-size=N]"
+        "vhost=SOCKET,path=IMAGE[,ro][,sparse=BOOL][,direct=BOOL][,id=ID][,num-queues=N][,block-size=N][,queue-size=N][,poll-us=N]"
     }
     fn open(&self, opts: KeyValues) -> anyhow::Result<Box<dyn OpenedDevice>> {
         let o = options_from_kv(opts)?;
@@ -161,6 +168,8 @@ impl DeviceKind for BlockKind {
     }
     fn run_standalone(&self, argv: Vec<OsString>) -> anyhow::Result<()> {
         let args = BlockArgs::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+        // Bad connection flags are reported before the image is touched.
+        args.common.connection.connection()?;
         let o = args.options()?;
         let opened = OpenedBlock::open(&o)?;
         cordon_backends::device::run_opened("block", Box::new(opened), &args.common)

@@ -10,6 +10,10 @@ use crate::defs::VIRTIO_BLK_ID_BYTES;
 /// Largest accepted `num-queues` (one worker thread per queue; the serving library's thread mask
 /// is 64 bits).
 pub const MAX_NUM_QUEUES: u16 = 32;
+/// Default busy-poll window after a batch, in microseconds.
+pub const DEFAULT_POLL_US: u32 = 50;
+/// Largest accepted busy-poll window, in microseconds.
+pub const MAX_POLL_US: u32 = 10_000;
 /// Default virtqueue size offered to the frontend.
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 
@@ -17,7 +21,7 @@ pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum OptionError {
     /// A key that the block device does not know.
-    #[error("unknown block option `{0}`; accepted: vhost, path, ro (read-only), sparse, id, num-queues, direct, block-size")]
+    #[error("unknown block option `{0}`; accepted: vhost, path, ro (read-only), sparse, id, num-queues, direct, block-size, queue-size, poll-us")]
     UnknownKey(String),
     /// A value that does not parse for its key.
     #[error("invalid value `{value}` for block option `{key}`: expected {expected}")]
@@ -56,6 +60,9 @@ pub struct BlockOptions {
     pub block_size: u32,
     /// Maximum size of each virtqueue.
     pub queue_size: u16,
+    /// After completing a batch, busy-poll the queue this long (µs) before sleeping; 0 never
+    /// polls.
+    pub poll_us: u32,
 }
 
 impl BlockOptions {
@@ -70,6 +77,7 @@ impl BlockOptions {
             num_queues: 1,
             block_size: 512,
             queue_size: DEFAULT_QUEUE_SIZE,
+            poll_us: DEFAULT_POLL_US,
         }
     }
 
@@ -118,6 +126,7 @@ impl BlockOptions {
                 "num-queues" => o.num_queues = parse_num_queues(required(canon, value, "1..=32")?)?,
                 "block-size" => o.block_size = parse_block_size(required(canon, value, "512")?)?,
                 "queue-size" => o.queue_size = parse_queue_size(required(canon, value, "256")?)?,
+                "poll-us" => o.poll_us = parse_poll_us(required(canon, value, "0..=10000")?)?,
                 _ => return Err(OptionError::UnknownKey(key.into())),
             }
         }
@@ -137,6 +146,7 @@ fn canonical_key(key: &str) -> Option<&'static str> {
         "num-queues" | "num_queues" => "num-queues",
         "block-size" | "block_size" => "block-size",
         "queue-size" | "queue_size" => "queue-size",
+        "poll-us" | "poll_us" => "poll-us",
         _ => return None,
     })
 }
@@ -212,6 +222,18 @@ pub fn parse_queue_size(v: &str) -> Result<u16, OptionError> {
             key: "queue-size".into(),
             value: v.into(),
             expected: "a power of two from 4 to 1024",
+        }),
+    }
+}
+
+/// Validate `poll-us`.
+pub fn parse_poll_us(v: &str) -> Result<u32, OptionError> {
+    match v.parse::<u32>() {
+        Ok(n) if n <= MAX_POLL_US => Ok(n),
+        _ => Err(OptionError::InvalidValue {
+            key: "poll-us".into(),
+            value: v.into(),
+            expected: "microseconds from 0 to 10000",
         }),
     }
 }

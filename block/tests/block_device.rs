@@ -63,9 +63,24 @@ fn setup() -> Setup {
     }
 }
 
+/// The device command; `BLOCK_DEVICE_WRAPPER` (e.g. `strace -f -o /tmp/blk.trace`) prefixes
+/// it, to collect syscall traces for the seccomp policy.
+fn device_command() -> Command {
+    let bin = env!("CARGO_BIN_EXE_block-device");
+    match std::env::var("BLOCK_DEVICE_WRAPPER") {
+        Ok(w) if !w.trim().is_empty() => {
+            let mut parts = w.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap_or("env"));
+            c.args(parts).arg(bin);
+            c
+        }
+        _ => Command::new(bin),
+    }
+}
+
 fn spawn(s: &Setup, file_arg: &str, extra: &[&str]) -> Kill {
     Kill(
-        Command::new(env!("CARGO_BIN_EXE_block-device"))
+        device_command()
             .args([
                 "--socket-path",
                 s.sock.to_str().unwrap(),
@@ -349,4 +364,46 @@ fn direct_mode_round_trip() {
     // Sub-4K, 512-aligned request.
     assert_eq!(write(&mut d, 0, 3, &[9; 512]).0, S_OK);
     assert_eq!(file_bytes(&s.img, 3 * 512, 512), vec![9; 512]);
+}
+
+#[test]
+fn event_idx_device_publishes_avail_event() {
+    const F_EVENT_IDX: u64 = 1 << 29;
+    let s = setup();
+    let _d = spawn(&s, s.img.to_str().unwrap(), &["--poll-us", "0"]);
+    let mut d = VhostUserDriver::connect(
+        &s.sock,
+        DriverConfig::new(1).with_features(BLK_FEATURES | F_EVENT_IDX),
+    )
+    .unwrap();
+    assert_ne!(d.features() & F_EVENT_IDX, 0, "EVENT_IDX not offered");
+    let (size, avail, used) = {
+        let q = d.queue(0).unwrap();
+        (q.size() as u64, q.avail_ring(), q.used_ring())
+    };
+    // Driver side of EVENT_IDX: ask for a call after every completion (used_event = next used).
+    for i in 0..5u16 {
+        d.write(
+            vm_memory::GuestAddress(avail.0 + 4 + 2 * size),
+            &i.to_le_bytes(),
+        )
+        .unwrap();
+        assert_eq!(write(&mut d, 0, 10 + u64::from(i), &[i as u8; 512]).0, S_OK);
+        // Device side: avail_event (after the used ring) tells the driver which avail index
+        // needs a kick: the next one it has not consumed yet. The device updates it right
+        // after completing, so allow it a moment.
+        let start = Instant::now();
+        let ev = loop {
+            let ev = d
+                .read(vm_memory::GuestAddress(used.0 + 4 + 8 * size), 2)
+                .unwrap();
+            let ev = u16::from_le_bytes([ev[0], ev[1]]);
+            if ev == i + 1 || start.elapsed() > Duration::from_secs(2) {
+                break ev;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(ev, i + 1);
+    }
+    assert_eq!(read(&mut d, 0, 12, 512).1, vec![2u8; 512]);
 }

@@ -39,6 +39,16 @@ pub struct RunArgs {
     /// Seconds to wait for each vhost-user backend to accept the connection.
     #[arg(long, value_name = "SECS", default_value_t = 3)]
     pub backend_timeout: u64,
+    /// Run the VMM without its seccomp filter. For debugging only.
+    #[arg(long)]
+    pub disable_sandbox: bool,
+    /// Directory holding `frontend.policy` (or `frontend.bpf`) to use instead of the
+    /// built-in policy.
+    #[arg(long, value_name = "DIR")]
+    pub seccomp_policy_dir: Option<PathBuf>,
+    /// Log syscalls the policy would deny instead of killing the VMM (audit mode).
+    #[arg(long)]
+    pub seccomp_log_failures: bool,
     /// Control socket: `cordon stop PATH` and `cordon status PATH` talk to it.
     #[arg(short = 's', long = "socket", value_name = "PATH")]
     pub control: Option<PathBuf>,
@@ -128,6 +138,13 @@ pub fn run(a: RunArgs) -> Result<i32> {
     vm.load_kernel(&a.kernel, a.initrd.as_deref(), &a.params)?;
     if let Some(p) = &a.control {
         vm.listen_control(p)?;
+    }
+    if a.disable_sandbox {
+        log::warn!("--disable-sandbox: the VMM runs without its seccomp filter");
+    } else {
+        let filter = cordon_seccomp::load_policy("frontend", a.seccomp_policy_dir.as_deref())
+            .map_err(|e| anyhow::anyhow!("seccomp policy: {e}"))?;
+        vm.jail(filter, a.seccomp_log_failures);
     }
     if let Err(e) = cordon_frontend::vmm::stop_on_signals() {
         log::warn!("SIGTERM will not stop the VM cleanly: {e}");

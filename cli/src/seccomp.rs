@@ -227,7 +227,13 @@ pub fn run(cmd: SeccompCmd) -> Result<()> {
             let mut rows = Vec::new();
             if policies.is_empty() {
                 for arch in Arch::ALL {
-                    let files = stats::loadable_policies(&cordon_seccomp::source_policy_dir(arch))?;
+                    let dir = cordon_seccomp::source_policy_dir(arch);
+                    let files = stats::loadable_policies(&dir).with_context(|| {
+                        format!(
+                            "reading the shipped policies in {} (pass policy files instead)",
+                            dir.display()
+                        )
+                    })?;
                     rows.extend(
                         stats::report(&files, arch, &target.opts()).map_err(anyhow::Error::msg)?,
                     );

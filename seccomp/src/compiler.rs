@@ -199,14 +199,48 @@ impl Emitter {
     fn filter(&mut self, flt: &Filter, default: Action) -> usize {
         let matched = self.ret(flt.action.ret_value());
         let mut fail = self.ret(flt.otherwise.unwrap_or(default).ret_value());
-        for clause in flt.clauses.iter().rev() {
+        let cl = &flt.clauses;
+        let mut i = cl.len();
+        while i > 0 {
+            // A run of `argN == v1 || argN == v2 || ...` (same high word) loads each half once.
+            if let Some(key) = eq_key(&cl[i - 1]) {
+                let mut j = i - 1;
+                while j > 0 && eq_key(&cl[j - 1]) == Some(key) {
+                    j -= 1;
+                }
+                if i - j >= 2 {
+                    fail = self.eq_run(key, &cl[j..i], matched, fail);
+                    i = j;
+                    continue;
+                }
+            }
             let mut ok = matched;
-            for a in clause.iter().rev() {
+            for a in cl[i - 1].iter().rev() {
                 ok = self.atom(a, ok, fail);
             }
             fail = ok;
+            i -= 1;
         }
         fail
+    }
+
+    /// `ld hi; jeq HI else f; ld lo; jeq v1 -> t; jeq v2 -> t; ...; else f`.
+    fn eq_run(&mut self, (arg, hi): (u8, u32), run: &[Vec<Atom>], t: usize, f: usize) -> usize {
+        let mut next = f;
+        for c in run.iter().rev() {
+            next = self.jump(BPF_JEQ, c[0].value as u32, t, next);
+        }
+        let lo = self.load(arg_lo(arg));
+        self.jump(BPF_JEQ, hi, lo, f);
+        self.load(arg_hi(arg))
+    }
+}
+
+/// (argument, high word) of a clause that is a single `==` test.
+fn eq_key(clause: &[Atom]) -> Option<(u8, u32)> {
+    match clause {
+        [a] if a.op == CmpOp::Eq => Some((a.arg, (a.value >> 32) as u32)),
+        _ => None,
     }
 }
 

@@ -226,10 +226,14 @@ fn block_io_syscalls_allowed() {
     let fd = f.as_raw_fd() as u64;
     let r = run_filtered(&p, move || {
         let data = *b"cordon-block-test";
+        let iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
         if sys(
-            libc::SYS_pwrite64,
-            [fd, data.as_ptr() as u64, data.len() as u64, 512, 0, 0],
-        ) != data.len() as i64
+            libc::SYS_pwritev,
+            [fd, &iov as *const libc::iovec as u64, 1, 512, 0, 0],
+        ) != 17
         {
             return 2;
         }
@@ -237,20 +241,31 @@ fn block_io_syscalls_allowed() {
             return 3;
         }
         let mut back = [0u8; 17];
+        let iov = libc::iovec {
+            iov_base: back.as_mut_ptr() as *mut libc::c_void,
+            iov_len: back.len(),
+        };
         if sys(
-            libc::SYS_pread64,
-            [fd, back.as_mut_ptr() as u64, 17, 512, 0, 0],
+            libc::SYS_preadv,
+            [fd, &iov as *const libc::iovec as u64, 1, 512, 0, 0],
         ) != 17
             || back != data
         {
             return 4;
         }
-        if sys(libc::SYS_fallocate, [fd, 0, 0, 8192, 0, 0]) != 0 {
+        let punch = (libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) as u64;
+        if sys(libc::SYS_fallocate, [fd, punch, 0, 4096, 0, 0]) != 0 {
             return 5;
         }
         0
     });
     assert_eq!(r, ChildExit::Exited(0));
+    // fallocate that would grow the file (mode 0) is outside the argument rule.
+    let r = run_filtered(&p, move || {
+        sys(libc::SYS_fallocate, [fd, 0, 0, 8192, 0, 0]);
+        0
+    });
+    assert_eq!(r, ChildExit::Signaled(SIGSYS), "fallocate mode 0 must kill");
     let r = run_filtered(&prog("rng_device_vhost_user"), move || {
         let b = [0u8; 4];
         sys(libc::SYS_pwrite64, [fd, b.as_ptr() as u64, 4, 0, 0, 0]);

@@ -1,4 +1,5 @@
 //! Integration and end-to-end tests, and the guest test harness ([`guest`]).
 #![deny(missing_docs)]
 
+pub mod container;
 pub mod guest;

@@ -1,11 +1,14 @@
-//! Runner B with the stand-in VMM (QEMU with KVM inside the L1 guest, until `cordon run`
-//! exists): L1 reports a working /dev/kvm, the L2 guest boots the Debian kernel and its
-//! agent's results come back through L1's console.
+//! Runner B: an L2 guest booted by a KVM VMM inside the L1 guest (nested on PVM hosts,
+//! directly on KVM hosts). With the stand-in VMM (QEMU): L1 reports a working /dev/kvm, L2
+//! boots the Debian kernel and its agent's results come back through L1's console. With
+//! Cordon's VMM (`cordon run`): L2 uses Cordon's rng and console backends, jailed in L1.
 
 use cordon_tests::guest::{Check, NestedRunner};
 
 #[test]
 fn nested_l2_guest_boots_under_stand_in_vmm() -> anyhow::Result<()> {
+    let mut disk = vec![0u8; 2 << 20];
+    disk[..16].copy_from_slice(b"HELLO-FROM-HOST!");
     let r = NestedRunner::new()?
         .file_bytes("note.txt", b"from the host")
         .l2_checks(&[Check::kernel()])
@@ -19,41 +22,79 @@ fn nested_l2_guest_boots_under_stand_in_vmm() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The L1 script: Cordon's rng backend (`cordon device rng` from the static `cordon`
-/// binary, jailed inside L1) serves the L2
-/// guest through the stand-in QEMU's vhost-user-rng-pci on microvm with PCIe. (On
-/// virtio-mmio QEMU lets the driver pick a 1024-entry queue, which the rng backend refuses.)
-const RNG_IN_L1: &str = r#"cordon device rng --socket-path /tmp/rng.sock > /tmp/rng.log 2>&1 &
-i=0; while [ ! -S /tmp/rng.sock ]; do
-  sleep 0.1; i=$((i+1))
-  if [ $i -gt 300 ] || ! kill -0 $! 2>/dev/null; then echo "cordon device rng did not listen"; cat /tmp/rng.log; exit 1; fi
-done
+/// The L1 script: Cordon's own VMM (`cordon run`, static binary) boots L2 with Cordon's
+/// rng, serial and block backends, each jailed inside L1. The console backend writes the guest's
+/// output to a file (printed in hex at the end) and reads its input from a fifo, which the
+/// script feeds once the guest's output arrived.
+const CORDON_RUN_IN_L1: &str = r#"mkfifo /tmp/con.in; exec 3<>/tmp/con.in
+: > /tmp/con.out
+# Host side of the console: once the guest's output arrived, send it input.
+( while ! grep -q GUEST-OUT /tmp/con.out; do sleep 0.2; done; printf 'HOST-IN!' >&3 ) &
+cordon device rng --socket-path /tmp/rng.sock > /tmp/rng.log 2>&1 &
 rng=$!
-qemu-system-x86_64 -L /usr/share/qemu -M microvm,rtc=off,pcie=on,memory-backend=mem -enable-kvm -cpu host \
-  -m 256 -smp 1 -nographic -no-reboot \
-  -object memory-backend-memfd,id=mem,size=256M,share=on \
-  -chardev socket,id=rng,path=/tmp/rng.sock -device vhost-user-rng-pci,chardev=rng \
-  -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$L2_CMDLINE"
+cordon device serial --socket-path /tmp/con.sock --output-file /tmp/con.out --input-file /tmp/con.in > /tmp/con.log 2>&1 &
+cordon device block --socket-path /tmp/blk.sock --file disk.img > /tmp/blk.log 2>&1 &
+for s in rng con blk; do
+  i=0; while [ ! -S /tmp/$s.sock ]; do
+    sleep 0.1; i=$((i+1))
+    if [ $i -gt 300 ]; then echo "$s backend did not listen"; cat /tmp/$s.log; exit 1; fi
+  done
+done
+cordon run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --params "$L2_CMDLINE" --mem 256 \
+  --no-console-input --vhost-user type=rng,socket=/tmp/rng.sock --vhost-user type=console,socket=/tmp/con.sock \
+  --vhost-user type=block,socket=/tmp/blk.sock
 rc=$?
 # The jailed device is the leaf of the backend's process chain.
 p=$rng
 while set -- $(cat /proc/$p/task/$p/children 2>/dev/null) && [ $# = 1 ]; do p=$1; done
 grep -E '^(NoNewPrivs|CapEff)' /proc/$p/status | sed 's/^/L1-RNG-JAIL /'
-sed 's/^/L1-RNG-LOG /' /tmp/rng.log; exit $rc
+echo "L1-CONSOLE-OUT $(od -An -tx1 /tmp/con.out | tr -d ' \n')"
+echo "L1-DISK-AT-512 $(dd if=disk.img bs=512 skip=1 count=1 2>/dev/null | head -c 16)"
+sed 's/^/L1-RNG-LOG /' /tmp/rng.log; sed 's/^/L1-CON-LOG /' /tmp/con.log; sed 's/^/L1-BLK-LOG /' /tmp/blk.log
+exit $rc
 "#;
 
 #[test]
-fn nested_l2_guest_uses_static_jailed_cordon_rng_in_l1() -> anyhow::Result<()> {
+fn cordon_run_boots_l2_with_jailed_cordon_rng_console_and_block() -> anyhow::Result<()> {
+    let mut disk = vec![0u8; 2 << 20];
+    disk[..16].copy_from_slice(b"HELLO-FROM-HOST!");
     let r = NestedRunner::new()?
         .static_bin("cordon", "cordon")?
-        .qemu_script(RNG_IN_L1)
-        .l2_checks(&[Check::hwrng(32)])
+        .file_bytes("disk.img", &disk)
+        .script(CORDON_RUN_IN_L1)
+        .l2_checks(&[
+            Check::hwrng(32),
+            Check::new("console")
+                .bytes("out", b"GUEST-OUT")
+                .bytes("in", b"HOST-IN!"),
+            Check::blk_read("vda", 0, 16),
+            Check::blk_write("vda", 512, b"GUEST-WROTE-THIS"),
+            Check::blk_rw("vda", 1 << 20, 4096),
+        ])
         .run()?;
     let h = r.check_in("l2", "hwrng")?;
     assert_ne!(h.bytes("first")?, h.bytes("second")?);
+    // Host input reached the guest; guest output reached the backend's output file.
+    assert_eq!(r.check_in("l2", "console")?.bytes("received")?, b"HOST-IN!");
+    let out_hex = cordon_tests::guest::hex(b"GUEST-OUT");
+    let line = r
+        .console
+        .lines()
+        .find_map(|l| l.strip_prefix("L1-CONSOLE-OUT "))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&out_hex),
+        "console output file holds {line:?}"
+    );
     assert!(
         r.console.contains("L1-RNG-JAIL NoNewPrivs:\t1"),
         "rng backend not jailed in L1"
     );
+    // Block: the guest read the image's bytes; its write is in the image afterwards.
+    assert_eq!(
+        r.check_in("l2", "blk-read")?.bytes("hex")?,
+        b"HELLO-FROM-HOST!"
+    );
+    assert!(r.console.contains("L1-DISK-AT-512 GUEST-WROTE-THIS"));
     Ok(())
 }

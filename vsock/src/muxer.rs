@@ -443,7 +443,7 @@ impl Muxer {
                         );
                         continue;
                     }
-                    if stream.set_nonblocking(true).is_err() {
+                    if set_nonblocking(stream.as_raw_fd()).is_err() {
                         continue;
                     }
                     let token = self.alloc_token(Token::Handshake);
@@ -666,6 +666,19 @@ fn read_some(stream: &mut UnixStream, buf: &mut [u8]) -> io::Result<usize> {
             r => return r,
         }
     }
+}
+
+/// Sets O_NONBLOCK with fcntl (std's `set_nonblocking` uses the FIONBIO ioctl, which the
+/// seccomp policy does not allow).
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a caller-owned fd; results checked.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Connects to a listening Unix socket without ever blocking (a full backlog is an error).

@@ -272,7 +272,7 @@ impl WlDevice {
                 }
                 let path = self.cfg.wayland_sock.clone();
                 let sock = match UnixStream::connect(&path)
-                    .and_then(|s| s.set_nonblocking(true).map(|_| s))
+                    .and_then(|s| set_nonblocking(s.as_raw_fd()).map(|_| s))
                 {
                     Ok(s) => s,
                     Err(e) => {
@@ -723,6 +723,19 @@ impl cordon_backends::Backend for WlDevice {
         inner.backend = None;
         inner.mem = None;
     }
+}
+
+/// Sets O_NONBLOCK with fcntl (std's `set_nonblocking` uses the FIONBIO ioctl, which the
+/// seccomp policy does not allow).
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a caller-owned fd; results checked.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// A sealed-size memfd of `size` bytes.

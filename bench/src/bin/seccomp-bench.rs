@@ -13,10 +13,10 @@ struct Args {
     #[arg(long, default_value = "block_device_vhost_user")]
     policy: String,
     /// Calls per round.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 20_000)]
     iters: u64,
     /// Rounds per filter and syscall (each in a fresh child).
-    #[arg(long, default_value_t = 31)]
+    #[arg(long, default_value_t = 61)]
     rounds: usize,
     /// Markdown report path.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/seccomp.md"))]

@@ -74,7 +74,8 @@ impl ControlServer {
         stream: UnixStream,
         devices: &[Arc<Mutex<VirtioPci>>],
     ) -> std::io::Result<Option<Request>> {
-        stream.set_nonblocking(false)?;
+        // accept4 does not pass the listener's O_NONBLOCK on: the stream blocks, with
+        // timeouts.
         stream.set_read_timeout(Some(Duration::from_secs(1)))?;
         stream.set_write_timeout(Some(Duration::from_secs(1)))?;
         let mut line = String::new();

@@ -122,6 +122,7 @@ pub struct Vm {
     router: Arc<GsiRouter>,
     devices: Vec<Arc<Mutex<VirtioPci>>>,
     control: Option<control::ControlServer>,
+    jail: Option<(cordon_seccomp::BpfProgram, bool)>,
     mem: GuestMem,
     mem_size: u64,
     vcpus: Vec<VcpuFd>,
@@ -253,6 +254,7 @@ impl Vm {
             pci,
             devices: Vec::new(),
             control: None,
+            jail: None,
             mem,
             mem_size,
             vcpus,
@@ -311,6 +313,13 @@ impl Vm {
             socket.display()
         );
         Ok(())
+    }
+
+    /// Installs `filter` (the `frontend` policy) on the whole VMM process once setup is
+    /// done, just before the vCPUs start. With `log_failures`, denied syscalls are logged
+    /// by the kernel instead of killing the VMM.
+    pub fn jail(&mut self, filter: cordon_seccomp::BpfProgram, log_failures: bool) {
+        self.jail = Some((filter, log_failures));
     }
 
     /// Serves the control socket at `path` while the VM runs.
@@ -385,10 +394,24 @@ impl Vm {
             self.created.elapsed().as_secs_f64() * 1e3,
             self.vcpus.len()
         );
+        if let Some(fd) = self.vcpus.first() {
+            regs::setup_regs(fd, entry)?;
+        }
+        // Raw terminal mode before the filter (it allows restoring, not querying).
+        let _raw = if self.console_input {
+            terminal::RawTerminal::enter(libc::STDIN_FILENO)
+        } else {
+            None
+        };
+        if let Some((filter, log_failures)) = &self.jail {
+            cordon_seccomp::install::install_with(filter, *log_failures)
+                .map_err(|e| VmError::Io("installing the frontend seccomp filter", e))?;
+            log::info!(
+                "VMM jailed (seccomp policy: frontend, {} instructions)",
+                filter.len()
+            );
+        }
         for (id, fd) in self.vcpus.into_iter().enumerate() {
-            if id == 0 {
-                regs::setup_regs(&fd, entry)?;
-            }
             let v = vcpu::Vcpu {
                 fd,
                 id: id as u8,
@@ -588,8 +611,7 @@ impl EventLoop<'_> {
         }
         self.sync_backends();
         let stdin = libc::STDIN_FILENO;
-        let _raw = if console_input {
-            let raw = terminal::RawTerminal::enter(stdin);
+        if console_input {
             if let Err(e) = epoll::ctl(
                 self.ep,
                 epoll::ControlOptions::EPOLL_CTL_ADD,
@@ -598,10 +620,7 @@ impl EventLoop<'_> {
             ) {
                 log::debug!("stdin is not pollable ({e}); console input disabled");
             }
-            raw
-        } else {
-            None
-        };
+        }
         let mut pending: Vec<u8> = Vec::new();
         let mut events = vec![epoll::Event::new(epoll::Events::empty(), 0); 16];
         let mut last_tick = Instant::now();

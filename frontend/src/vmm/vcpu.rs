@@ -70,9 +70,8 @@ impl Vcpu {
                     // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is
                     // the active union member.
                     let suberror = unsafe { sub.internal.suberror };
-                    let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
                     self.exit.request(ExitReason::Error(format!(
-                        "vcpu{id}: KVM internal error (suberror {suberror}) at rip {rip:#x}"
+                        "vcpu{id}: KVM internal error (suberror {suberror})"
                     )));
                     return;
                 }

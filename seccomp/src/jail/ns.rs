@@ -11,19 +11,39 @@ fn write_file(path: &str, data: &str) -> Result<(), JailError> {
         .map_err(|e| JailError::new(format!("write {path}"), e))
 }
 
-/// Unshares every namespace of the jail. Without root, first enters a user namespace in
-/// which the caller is mapped to root (so it may mount), with setgroups denied.
+/// Whether the effective capability set holds CAP_SYS_ADMIN (needed to unshare mount and
+/// PID namespaces without a user namespace). Read from `/proc/self/status`.
+fn has_cap_sys_admin() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+/// Unshares every namespace of the jail. Without root or without CAP_SYS_ADMIN (root in a
+/// container with no capabilities), first enters a user namespace in which the caller is
+/// mapped to root (so it may mount), with setgroups denied.
 pub(super) fn unshare_all(net: bool) -> Result<(), JailError> {
     // SAFETY: getters without arguments.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    if uid != 0 {
+    if uid != 0 || !has_cap_sys_admin() {
         // SAFETY: unshare with flag constants only.
         if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
             return Err(JailError::last("unshare(CLONE_NEWUSER)"));
         }
-        write_file("/proc/self/setgroups", "deny")?;
-        write_file("/proc/self/uid_map", &format!("0 {uid} 1"))?;
-        write_file("/proc/self/gid_map", &format!("0 {gid} 1"))?;
+        if uid != 0 {
+            write_file("/proc/self/setgroups", "deny")?;
+            write_file("/proc/self/uid_map", &format!("0 {uid} 1"))?;
+            write_file("/proc/self/gid_map", &format!("0 {gid} 1"))?;
+        }
+        // Root without capabilities (a container) may not map uid 0 into the new namespace
+        // (Linux >= 5.12 asks for CAP_SETFCAP): it stays unmapped, which is enough, since the
+        // process already holds every capability inside the namespace it just created.
     }
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;

@@ -3,7 +3,7 @@
 //! Runs inside a test guest (started by the initramfs's /init), reads the check plan from
 //! the kernel command line (`cordon.checks=...`, see [`spec`]), runs each check with a
 //! timeout, prints one `CORDON-RESULT {json}` line per check on the console and, with
-//! `--poweroff`, powers the guest off. `--checks SPEC` runs a plan given as an argument
+//! `--poweroff`, ends the guest (power-off, or reboot with `cordon.exit=reboot`). `--checks SPEC` runs a plan given as an argument
 //! instead (handy on a host for trying a check).
 #![deny(missing_docs)]
 
@@ -52,11 +52,15 @@ fn run_one(c: &spec::CheckSpec, default_timeout: Duration) -> Outcome {
     out.with("ms", start.elapsed().as_millis())
 }
 
-fn power_off() {
+fn end_guest(exit: spec::Exit) {
+    let cmd = match exit {
+        spec::Exit::PowerOff => libc::LINUX_REBOOT_CMD_POWER_OFF,
+        spec::Exit::Reboot => libc::LINUX_REBOOT_CMD_RESTART,
+    };
     // SAFETY: sync(2) and reboot(2) take no pointers.
     unsafe {
         libc::sync();
-        libc::reboot(libc::LINUX_REBOOT_CMD_POWER_OFF);
+        libc::reboot(cmd);
     }
 }
 
@@ -84,9 +88,20 @@ fn main() {
             .map_err(|e| format!("/proc/cmdline: {e}"))
             .and_then(|c| spec::parse_cmdline(&c)),
     };
+    let mut exit = spec::Exit::PowerOff;
     match plan {
-        Err(e) => emit(&format!("CORDON-AGENT-ERROR {}", report::json_str(&e))),
+        Err(e) => {
+            emit(&format!("CORDON-AGENT-ERROR {}", report::json_str(&e)));
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            if cmdline
+                .split_whitespace()
+                .any(|w| w == "cordon.exit=reboot")
+            {
+                exit = spec::Exit::Reboot;
+            }
+        }
         Ok(plan) => {
+            exit = plan.exit;
             emit(&format!(
                 "CORDON-AGENT-START vm={} checks={}",
                 plan.vm,
@@ -106,6 +121,6 @@ fn main() {
         }
     }
     if poweroff {
-        power_off();
+        end_guest(exit);
     }
 }

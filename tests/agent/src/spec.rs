@@ -28,6 +28,17 @@ pub struct Plan {
     pub timeout: Duration,
     /// Checks in the order they run.
     pub checks: Vec<CheckSpec>,
+    /// How `--poweroff` ends the guest (`cordon.exit=`).
+    pub exit: Exit,
+}
+
+/// How the agent ends the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// reboot(2) POWER_OFF (ACPI machines such as QEMU q35).
+    PowerOff,
+    /// reboot(2) RESTART: for VMMs without ACPI, which exit on the reset (`reboot=k`).
+    Reboot,
 }
 
 /// Parses a kernel command line (the contents of `/proc/cmdline`).
@@ -36,6 +47,7 @@ pub fn parse_cmdline(cmdline: &str) -> Result<Plan, String> {
         vm: "guest".to_string(),
         timeout: Duration::from_secs(20),
         checks: Vec::new(),
+        exit: Exit::PowerOff,
     };
     for word in cmdline.split_whitespace() {
         if let Some(v) = word.strip_prefix("cordon.vm=") {
@@ -45,6 +57,16 @@ pub fn parse_cmdline(cmdline: &str) -> Result<Plan, String> {
                 .parse()
                 .map_err(|_| format!("cordon.timeout={v}: expected whole seconds"))?;
             plan.timeout = Duration::from_secs(secs);
+        } else if let Some(v) = word.strip_prefix("cordon.exit=") {
+            plan.exit = match v {
+                "poweroff" => Exit::PowerOff,
+                "reboot" => Exit::Reboot,
+                _ => {
+                    return Err(format!(
+                        "cordon.exit={v}: accepted values are poweroff, reboot"
+                    ))
+                }
+            };
         } else if let Some(v) = word.strip_prefix("cordon.checks=") {
             plan.checks = parse_checks(v)?;
         }
@@ -136,6 +158,24 @@ mod tests {
         assert_eq!(p.checks[0].u64_or("len", 0).unwrap(), 16);
         assert_eq!(p.checks[1].id, 1);
         assert!(p.checks[1].params.is_empty());
+        assert_eq!(p.exit, Exit::PowerOff);
+        assert_eq!(
+            parse_cmdline("cordon.exit=reboot").unwrap().exit,
+            Exit::Reboot
+        );
+        assert!(parse_cmdline("cordon.exit=halt").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_cmdline_parses_or_errs(cmdline in ".{0,300}") {
+            if let Ok(p) = parse_cmdline(&cmdline) {
+                for c in &p.checks {
+                    let _ = c.u64_or("len", 0);
+                    let _ = c.hex("hex");
+                }
+            }
+        }
     }
 
     #[test]

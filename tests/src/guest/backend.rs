@@ -89,19 +89,7 @@ impl BackendProcess {
     /// descendant (`<kind>-device` waits outside the jail, the device is PID 1 of its own PID
     /// namespace); this follows the single-child chain down to the leaf.
     pub fn device_pid(&self) -> u32 {
-        let mut pid = self.pid();
-        loop {
-            let kids: Vec<u32> =
-                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .filter_map(|s| s.parse().ok())
-                    .collect();
-            match kids.as_slice() {
-                [only] => pid = *only,
-                _ => return pid,
-            }
-        }
+        leaf_descendant(self.pid())
     }
 
     /// What /proc says about the confinement of the device process.
@@ -165,5 +153,21 @@ impl JailFacts {
             own_mount_ns: ns("mnt")?,
             own_net_ns: ns("net")?,
         })
+    }
+}
+
+/// Follows the single-child chain below `pid` down to its leaf: the jailed device process
+/// under a `<kind>-device` supervisor, or under a container's init.
+pub fn leaf_descendant(mut pid: u32) -> u32 {
+    loop {
+        let kids: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        match kids.as_slice() {
+            [only] => pid = *only,
+            _ => return pid,
+        }
     }
 }

@@ -213,6 +213,22 @@ mod tests {
         assert!(Check::new("x").arg("a", "").token().is_err());
     }
 
+    proptest::proptest! {
+        // The console is written by the guest: any bytes must give a result or an error,
+        // never a panic.
+        #[test]
+        fn hostile_console_never_panics(text in ".{0,400}", tail in "[ -~]{0,200}") {
+            let _ = parse_results(&text, "guest");
+            let _ = parse_results(&format!("{text}CORDON-RESULT {tail}\n"), "guest");
+            let _ = unhex(&tail);
+        }
+
+        #[test]
+        fn hex_round_trips(data in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            proptest::prop_assert_eq!(unhex(&hex(&data)), Some(data));
+        }
+    }
+
     #[test]
     fn parses_lines() {
         let log = "junk\r\n[ 1.0] CORDON-RESULT {\"vm\":\"guest\",\"id\":0,\"check\":\"hwrng\",\"ok\":true,\"detail\":\"d\",\"data\":{\"first\":\"00ff\"}}\r\nCORDON-RESULT {\"vm\":\"l2\",\"id\":0,\"check\":\"kernel\",\"ok\":true,\"detail\":\"\",\"data\":{}}\n";

@@ -201,7 +201,9 @@ impl NestedRunner {
 
     fn header(&self, dir: &str, kernel: &str, initrd: &str) -> Result<String> {
         let l2 = GuestRunner::tcg().checks(&self.l2_checks);
-        let cmdline = l2.cmdline("l2")?;
+        // The L2 VMM may have no ACPI: the agent ends L2 with an i8042 reset, which Cordon's
+        // VMM exits on (QEMU microvm, without i8042, falls back to a triple fault).
+        let cmdline = l2.cmdline_with("l2", "reboot=k cordon.exit=reboot")?;
         Ok(format!(
             "export CORDON_DIR={dir} L2_KERNEL={kernel} L2_INITRD={initrd}\n\
              export L2_CMDLINE='{cmdline}'\nexport PATH=\"$CORDON_DIR/bin:$PATH\"\n"

@@ -216,7 +216,14 @@ impl GuestRunner {
 
     /// The kernel command line for these checks.
     pub fn cmdline(&self, vm: &str) -> Result<String> {
-        let mut s = format!("console=ttyS0 quiet reboot=t panic=-1 cordon.vm={vm}");
+        self.cmdline_with(vm, "reboot=t")
+    }
+
+    /// The kernel command line; `exit` is `reboot=t` (power off through ACPI, triple fault
+    /// on panic) or, for VMMs without ACPI, `reboot=k cordon.exit=reboot` (the agent resets
+    /// through the i8042 when done).
+    pub(crate) fn cmdline_with(&self, vm: &str, exit: &str) -> Result<String> {
+        let mut s = format!("console=ttyS0 quiet {exit} panic=-1 cordon.vm={vm}");
         if let Some(t) = self.check_timeout {
             s.push_str(&format!(" cordon.timeout={t}"));
         }

@@ -68,9 +68,7 @@ fn exchange<S: Read + Write>(
     let send = c.hex("send")?.unwrap_or_else(|| b"cordon".to_vec());
     s.write_all(&send).map_err(|e| format!("send: {e}"))?;
     shut(&s);
-    let mut got = Vec::new();
-    s.read_to_end(&mut got)
-        .map_err(|e| format!("receive: {e}"))?;
+    let got = receive(&mut s, c)?;
     let mut out = Outcome::pass(format!("sent {} bytes, received {}", send.len(), got.len()))
         .with("received", hex::encode(&got));
     if let Some(e) = c.hex("expect")? {
@@ -83,9 +81,7 @@ fn exchange<S: Read + Write>(
 }
 
 fn echo<S: Read + Write>(mut s: S, c: &CheckSpec) -> Result<Outcome, String> {
-    let mut got = Vec::new();
-    s.read_to_end(&mut got)
-        .map_err(|e| format!("receive: {e}"))?;
+    let got = receive(&mut s, c)?;
     s.write_all(&got).map_err(|e| format!("echo: {e}"))?;
     let mut out = Outcome::pass(format!("received and echoed {} bytes", got.len()))
         .with("received", hex::encode(&got));
@@ -96,6 +92,25 @@ fn echo<S: Read + Write>(mut s: S, c: &CheckSpec) -> Result<Outcome, String> {
         }
     }
     Ok(out)
+}
+
+/// Reads the peer's bytes: exactly `len` if given (for peers that never half-close), else
+/// to EOF.
+fn receive<S: Read>(s: &mut S, c: &CheckSpec) -> Result<Vec<u8>, String> {
+    match c.params.get("len") {
+        Some(_) => {
+            let mut got = vec![0u8; c.u64_or("len", 0)? as usize];
+            s.read_exact(&mut got)
+                .map_err(|e| format!("receive: {e}"))?;
+            Ok(got)
+        }
+        None => {
+            let mut got = Vec::new();
+            s.read_to_end(&mut got)
+                .map_err(|e| format!("receive: {e}"))?;
+            Ok(got)
+        }
+    }
 }
 
 fn retry<T>(what: &str, mut f: impl FnMut() -> std::io::Result<T>) -> Result<T, String> {
