@@ -62,6 +62,9 @@ fn linux_guest_talks_to_host_through_jailed_cordon_vsock() -> anyhow::Result<()>
     assert_eq!(r.check("vsock-listen")?.bytes("received")?, b"HELO");
     assert!(vsock.running(), "vsock backend died:\n{}", vsock.output());
     let jail = vsock.jail_facts()?;
-    assert!(jail.no_new_privs && jail.own_mount_ns && jail.cap_eff == 0, "{jail:?}");
+    assert!(
+        jail.no_new_privs && jail.own_mount_ns && jail.cap_eff == 0,
+        "{jail:?}"
+    );
     Ok(())
 }
