@@ -61,6 +61,10 @@ pub fn run_opened(
     common: &CommonArgs,
 ) -> anyhow::Result<()> {
     let conn = common.connection.connection()?;
+    // Block SIGINT/SIGTERM/SIGHUP before the socket exists: a frontend (or a test) that sees
+    // the socket may signal us at once, and the signal must wait for the orderly shutdown
+    // path (socket removal) instead of killing the process with its socket file left behind.
+    crate::signals::block_termination_signals()?;
     let endpoint = Endpoint::open(&conn)?;
     let jail = JailPlan {
         config: SandboxConfig::from(&common.sandbox),

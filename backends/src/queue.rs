@@ -56,6 +56,7 @@ where
         if event_idx {
             vring.disable_notification().map_err(qerr)?;
         }
+        let mut popped = 0usize;
         while more() {
             let next = vring
                 .get_mut()
@@ -73,12 +74,15 @@ where
             };
             vring.add_used(head, len).map_err(qerr)?;
             count += 1;
+            popped += 1;
         }
         if !event_idx {
             break;
         }
-        // Re-arm notifications; loop again if the driver added buffers meanwhile.
-        if !vring.enable_notification().map_err(qerr)? || !more() {
+        // Re-arm notifications; loop again if the driver added buffers meanwhile. A round
+        // that popped nothing ends the loop: a hostile avail index (more than a queue ahead)
+        // reads as "more available" but yields no chain, and must not make us spin.
+        if !vring.enable_notification().map_err(qerr)? || !more() || popped == 0 {
             break;
         }
     }

@@ -24,12 +24,12 @@ pub const IOV_MAX: usize = 1024;
 #[derive(Debug, Error)]
 pub enum DiskError {
     /// open(2) failed.
-    #[error("cannot open image {path}: {source}")]
+    #[error("cannot open image {path}: {cause}")]
     Open {
         /// Image path.
         path: PathBuf,
         /// Cause.
-        source: io::Error,
+        cause: io::Error,
     },
     /// Another process holds a conflicting lock.
     #[error("image {path} is in use: another process holds a conflicting lock (a writable block device needs the image for itself; read-only users share it)")]
@@ -38,20 +38,20 @@ pub enum DiskError {
         path: PathBuf,
     },
     /// flock(2) failed for another reason.
-    #[error("cannot lock image {path}: {source}")]
+    #[error("cannot lock image {path}: {cause}")]
     Lock {
         /// Image path.
         path: PathBuf,
         /// Cause.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The size could not be read.
-    #[error("cannot get the size of image {path}: {source}")]
+    #[error("cannot get the size of image {path}: {cause}")]
     Size {
         /// Image path.
         path: PathBuf,
         /// Cause.
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -84,9 +84,9 @@ impl DiskImage {
                 flags |= libc::O_DIRECT;
             }
             oo.custom_flags(flags);
-            oo.open(path).map_err(|source| DiskError::Open {
+            oo.open(path).map_err(|cause| DiskError::Open {
                 path: path.to_path_buf(),
-                source,
+                cause,
             })
         };
         let file = open(direct)?;
@@ -106,14 +106,14 @@ impl DiskImage {
             } else {
                 DiskError::Lock {
                     path: path.to_path_buf(),
-                    source: e,
+                    cause: e,
                 }
             });
         }
         let buffered = if direct { Some(open(false)?) } else { None };
-        let size = file_size(&file).map_err(|source| DiskError::Size {
+        let size = file_size(&file).map_err(|cause| DiskError::Size {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Ok(DiskImage {
             file,

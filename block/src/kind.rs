@@ -124,8 +124,7 @@ pub struct OpenedBlock {
 impl OpenedBlock {
     /// Open and lock the image (before jailing).
     pub fn open(opts: &BlockOptions) -> anyhow::Result<Self> {
-        let device = BlockDevice::open(opts)
-            .with_context(|| format!("block device `{}`", opts.path.display()))?;
+        let device = BlockDevice::open(opts).context("block device")?;
         log::info!(
             "block: {} opened ({} sectors{}{}, {} queue(s))",
             opts.path.display(),
@@ -169,6 +168,8 @@ impl DeviceKind for BlockKind {
     }
     fn run_standalone(&self, argv: Vec<OsString>) -> anyhow::Result<()> {
         let args = BlockArgs::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+        // Bad connection flags are reported before the image is touched.
+        args.common.connection.connection()?;
         let o = args.options()?;
         let opened = OpenedBlock::open(&o)?;
         cordon_backends::device::run_opened("block", Box::new(opened), &args.common)

@@ -97,6 +97,8 @@ fn status(ctl: &Path) -> String {
 fn jailed_vmm_runs_guest_code_and_exits_0_on_guest_reset() {
     let d = tempfile::tempdir().unwrap();
     let mut code = print(b"TINY-GUEST-OK\n");
+    // Read the CMOS clock's year (BCD) and print it: the jailed VMM must answer.
+    code.extend_from_slice(&[0xb0, 0x09, 0xe6, 0x70, 0xe4, 0x71, 0xee]);
     code.extend_from_slice(RESET);
     let k = write_kernel(d.path(), &code);
     let mut child = cordon()
@@ -123,7 +125,11 @@ fn jailed_vmm_runs_guest_code_and_exits_0_on_guest_reset() {
         .read_to_string(&mut err)
         .unwrap();
     assert_eq!(code, 0, "stderr: {err}");
-    assert_eq!(out, "TINY-GUEST-OK\n");
+    let out = out.into_bytes();
+    assert_eq!(&out[..14], b"TINY-GUEST-OK\n", "{out:?}");
+    assert_eq!(out.len(), 15, "one RTC byte after the text: {out:?}");
+    let year = out[14];
+    assert!(year >> 4 <= 9 && year & 0xf <= 9, "BCD year {year:#x}");
     assert!(
         err.contains("VMM jailed"),
         "the VMM must run under its policy: {err}"

@@ -17,6 +17,8 @@ use vmm_sys_util::epoll::EventSet;
 
 use crate::params::{Input, Opened, Output};
 
+/// Feature bit: cols/rows in the config space are valid.
+pub const VIRTIO_CONSOLE_F_SIZE: u64 = 0;
 /// Queue size offered.
 pub const QUEUE_SIZE: usize = 256;
 /// Receive queue index (host to guest).
@@ -145,6 +147,7 @@ impl VhostUserBackend for Console {
     }
     fn features(&self) -> u64 {
         (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_CONSOLE_F_SIZE)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
@@ -157,9 +160,14 @@ impl VhostUserBackend for Console {
     }
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         // struct virtio_console_config { u16 cols; u16 rows; u32 max_nr_ports; u32 emerg_wr; }
+        let (cols, rows) = self
+            .lock()
+            .ok()
+            .and_then(|s| s.output.winsize())
+            .unwrap_or((80, 25));
         let mut cfg = [0u8; 12];
-        cfg[0..2].copy_from_slice(&80u16.to_le_bytes());
-        cfg[2..4].copy_from_slice(&25u16.to_le_bytes());
+        cfg[0..2].copy_from_slice(&cols.to_le_bytes());
+        cfg[2..4].copy_from_slice(&rows.to_le_bytes());
         cfg[4..8].copy_from_slice(&1u32.to_le_bytes());
         let (o, s) = (offset as usize, size as usize);
         match o.checked_add(s) {
@@ -189,10 +197,16 @@ impl VhostUserBackend for Console {
     ) -> io::Result<()> {
         let mut st = self.lock()?;
         let st = &mut *st;
-        let mem = st
-            .mem
-            .clone()
-            .ok_or_else(|| io::Error::other("event before SET_MEM_TABLE"))?;
+        let Some(mem) = st.mem.clone() else {
+            // No guest memory yet: only buffer host input (bounded), never spin on it.
+            if device_event == INPUT_EVENT {
+                st.read_input();
+                let want = st.pending.len() < MAX_PENDING;
+                st.watch_input(want);
+                return Ok(());
+            }
+            return Err(io::Error::other("queue event before SET_MEM_TABLE"));
+        };
         let event_idx = self.event_idx.load(Ordering::Acquire);
         match device_event {
             TX => {

@@ -137,6 +137,21 @@ pub enum Output {
 }
 
 impl Output {
+    /// Terminal size `(cols, rows)` when the output is a terminal.
+    pub fn winsize(&self) -> Option<(u16, u16)> {
+        use std::os::fd::AsRawFd;
+        let Output::File(f) = self else { return None };
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes one winsize into `ws`; fails with ENOTTY on non-ttys.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+        (rc == 0 && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
+    }
+
     /// Writes all of `data`, logging (not failing) on a broken destination.
     pub fn write_all(&mut self, data: &[u8]) {
         let r = match self {

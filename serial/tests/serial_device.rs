@@ -176,3 +176,47 @@ fn bad_port_parameters_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn config_space_reports_the_terminal_size() {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty with valid out-pointers and no name/termios/winsize.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    let ws = libc::winsize {
+        ws_row: 40,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize.
+    assert_eq!(unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) }, 0);
+    // SAFETY: both fds were just returned by openpty and are ours.
+    let (_master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let _d = spawn(
+        &["--socket-path", sock.to_str().unwrap()],
+        Stdio::null(),
+        Stdio::from(slave),
+    );
+    let mut drv = VhostUserDriver::connect(&sock, DriverConfig::new(2).with_features(1)).unwrap();
+    assert_eq!(drv.features() & 1, 1, "VIRTIO_CONSOLE_F_SIZE offered");
+    let cfg = drv.config(0, 4).unwrap();
+    assert_eq!(u16::from_le_bytes([cfg[0], cfg[1]]), 100);
+    assert_eq!(u16::from_le_bytes([cfg[2], cfg[3]]), 40);
+}

@@ -40,15 +40,19 @@ for s in rng con blk; do
     if [ $i -gt 300 ]; then echo "$s backend did not listen"; cat /tmp/$s.log; exit 1; fi
   done
 done
+# The VMM's output goes through a pipe: with L1's console (a tty) as stdout, its seccomp
+# filter killed it on an ioctl (SIGSYS, syscall 16).
+set -o pipefail
 cordon run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --params "$L2_CMDLINE" --mem 256 \
   --no-console-input --vhost-user type=rng,socket=/tmp/rng.sock --vhost-user type=console,socket=/tmp/con.sock \
-  --vhost-user type=block,socket=/tmp/blk.sock
+  --vhost-user type=block,socket=/tmp/blk.sock < /dev/null 2>&1 | cat
 rc=$?
 # The jailed device is the leaf of the backend's process chain.
 p=$rng
 while set -- $(cat /proc/$p/task/$p/children 2>/dev/null) && [ $# = 1 ]; do p=$1; done
 grep -E '^(NoNewPrivs|CapEff)' /proc/$p/status | sed 's/^/L1-RNG-JAIL /'
 echo "L1-CONSOLE-OUT $(od -An -tx1 /tmp/con.out | tr -d ' \n')"
+dmesg | grep -iE 'seccomp|audit' | sed 's/^/L1-SECCOMP /' | tail -20
 echo "L1-DISK-AT-512 $(dd if=disk.img bs=512 skip=1 count=1 2>/dev/null | head -c 16)"
 sed 's/^/L1-RNG-LOG /' /tmp/rng.log; sed 's/^/L1-CON-LOG /' /tmp/con.log; sed 's/^/L1-BLK-LOG /' /tmp/blk.log
 exit $rc

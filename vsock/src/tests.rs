@@ -533,6 +533,24 @@ fn large_transfers_both_directions_hash_equal() {
 #[test]
 fn thousand_concurrent_streams_and_one_dead_peer() {
     const N: u32 = 1000;
+    // Both ends of 1000 streams live in this process: make sure the fd limit allows it.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        if lim.rlim_cur < 4096 {
+            lim.rlim_cur = lim.rlim_max.min(8192);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    assert!(
+        lim.rlim_cur >= 2100 || lim.rlim_cur == 0,
+        "RLIMIT_NOFILE {} too low for 1000 streams (raise the hard limit)",
+        lim.rlim_cur
+    );
     let mut g = Guest::new(1024, 4096);
     // Host-initiated: open N streams, all pending at once.
     let mut streams = Vec::new();

@@ -34,6 +34,12 @@ struct Args {
     /// Extra argument for block-device (repeatable), e.g. `--cordon-arg=--poll-us=0`.
     #[arg(long, allow_hyphen_values = true)]
     cordon_arg: Vec<String>,
+    /// Queue depths to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 32])]
+    qd: Vec<usize>,
+    /// Only random reads (skip writes).
+    #[arg(long)]
+    reads_only: bool,
     /// Repetitions of each cell (the median is reported).
     #[arg(long, default_value_t = 5)]
     reps: usize,
@@ -145,8 +151,12 @@ fn main() -> anyhow::Result<()> {
     let size = args.image_mib << 20;
     let mut rows = Vec::new();
     let mut rss = Vec::new();
-    let ops = [Op::RandRead, Op::RandWrite];
-    let qds = [1usize, 32];
+    let ops: &[Op] = if args.reads_only {
+        &[Op::RandRead]
+    } else {
+        &[Op::RandRead, Op::RandWrite]
+    };
+    let qds = args.qd.clone();
 
     // Backends stay up for the whole run (both accept a new frontend after a disconnect);
     // cells are interleaved across targets and repeated, and the median repetition (by IOPS)
@@ -168,8 +178,8 @@ fn main() -> anyhow::Result<()> {
     for (n, p) in names.iter().zip(&procs) {
         rss.push((format!("{n} (idle, listening)"), backend_memory(p.0.id())?));
     }
-    for op in ops {
-        for qd in qds {
+    for &op in ops {
+        for &qd in &qds {
             let mut runs: Vec<Vec<cordon_bench::block::Stats>> = vec![Vec::new(); 3];
             let mut host_runs = Vec::new();
             for _rep in 0..args.reps {

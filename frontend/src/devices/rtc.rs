@@ -9,6 +9,42 @@ pub const RTC_PORT: u64 = 0x70;
 /// Ports covered (index and data).
 pub const RTC_LEN: u64 = 2;
 
+/// Broken-down UTC time (fields as in `struct tm`).
+struct Tm {
+    tm_sec: i32,
+    tm_min: i32,
+    tm_hour: i32,
+    tm_mday: i32,
+    tm_mon: i32,
+    tm_year: i32,
+    tm_wday: i32,
+}
+
+/// Seconds since the epoch to UTC date and time (days-to-civil algorithm).
+fn civil(secs: i64) -> Tm {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    Tm {
+        tm_sec: (rem % 60) as i32,
+        tm_min: (rem / 60 % 60) as i32,
+        tm_hour: (rem / 3600) as i32,
+        tm_mday: day as i32,
+        tm_mon: month as i32 - 1,
+        tm_year: year as i32 - 1900,
+        // 1970-01-01 was a Thursday.
+        tm_wday: (days + 4).rem_euclid(7) as i32,
+    }
+}
+
 fn bcd(v: i32) -> u8 {
     let v = v.rem_euclid(100) as u8;
     ((v / 10) << 4) | (v % 10)
@@ -27,12 +63,13 @@ impl Rtc {
     }
 
     fn register(&self, index: u8) -> u8 {
-        // SAFETY: time(NULL) has no preconditions.
-        let now = unsafe { libc::time(std::ptr::null_mut()) };
-        // SAFETY: tm is plain data; gmtime_r fills it from a valid time_t.
-        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-        // SAFETY: both pointers are valid for the call.
-        unsafe { libc::gmtime_r(&now, &mut tm) };
+        // The host clock, converted here: libc's gmtime_r would open /etc/localtime, which
+        // the VMM's seccomp policy forbids.
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let tm = civil(secs);
         match index {
             0x00 => bcd(tm.tm_sec),
             0x02 => bcd(tm.tm_min),
@@ -70,6 +107,16 @@ impl BusDevice for Rtc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_dates() {
+        let t = civil(0);
+        assert_eq!((t.tm_year, t.tm_mon, t.tm_mday, t.tm_wday), (70, 0, 1, 4));
+        // 2024-02-29 12:34:56 UTC, a Thursday.
+        let t = civil(1_709_210_096);
+        assert_eq!((t.tm_year + 1900, t.tm_mon + 1, t.tm_mday), (2024, 2, 29));
+        assert_eq!((t.tm_hour, t.tm_min, t.tm_sec, t.tm_wday), (12, 34, 56, 4));
+    }
 
     #[test]
     fn reads_a_plausible_bcd_date() {

@@ -17,6 +17,9 @@ use super::{vhost_err, Error, Result};
 /// How long [`VhostUserConnection::connect`] waits for a backend socket to appear.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest wait for a reply from the backend.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A connected vhost-user frontend.
 pub struct VhostUserConnection {
     fe: Frontend,
@@ -46,8 +49,10 @@ impl VhostUserConnection {
         }
     }
 
-    /// Uses an already connected stream.
+    /// Uses an already connected stream. Replies are awaited at most [`REPLY_TIMEOUT`], so a
+    /// stuck backend is an error rather than a hang.
     pub fn from_stream(stream: UnixStream, num_queues: usize) -> Self {
+        let _ = stream.set_read_timeout(Some(REPLY_TIMEOUT));
         VhostUserConnection {
             fe: Frontend::from_stream(stream, num_queues as u64),
             num_queues,
