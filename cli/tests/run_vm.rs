@@ -220,3 +220,60 @@ fn stop_status_and_backend_reconnect() {
     assert_eq!(wait(&mut vm, Duration::from_secs(20)), 0);
     assert!(!ctl.exists(), "the control socket is removed at exit");
 }
+
+#[test]
+fn jailed_vmm_logs_to_a_terminal() {
+    // The logger queries stderr's terminal state on every record: a jailed VMM whose
+    // stderr is a tty must survive that (it once died with SIGSYS).
+    let d = tempfile::tempdir().unwrap();
+    let mut code = print(b"TTY\n");
+    code.extend_from_slice(RESET);
+    let k = write_kernel(d.path(), &code);
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two fds into the given ints; the other pointers may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty");
+    use std::os::fd::FromRawFd;
+    // SAFETY: both fds were just created by openpty and are owned here only.
+    let (master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    };
+    let reader = std::thread::spawn(move || {
+        let mut m = master;
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = m.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        all
+    });
+    let mut child = cordon()
+        .args(["run", "--mem", "64", "--no-console-input", "--kernel"])
+        .arg(&k)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let code = wait(&mut child, Duration::from_secs(20));
+    drop(child);
+    assert_eq!(
+        code, 0,
+        "the jailed VMM must not be killed for logging to a tty"
+    );
+    drop(reader);
+}
