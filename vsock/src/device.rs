@@ -44,7 +44,6 @@ pub struct VsockConfig {
 
 struct Inner {
     mem: Option<Mem>,
-    event_idx: bool,
     muxer: Muxer,
     buf: Vec<u8>,
 }
@@ -72,7 +71,6 @@ impl VsockDevice {
             cfg,
             inner: Mutex::new(Inner {
                 mem: None,
-                event_idx: false,
                 muxer,
                 buf: Vec::new(),
             }),
@@ -114,10 +112,17 @@ impl VsockDevice {
         if event == HOST_EVENT {
             inner.muxer.handle_host_events();
         }
+        // Host sockets may fire before the frontend started the queues: their packets wait
+        // in the muxer until the queue's start event (rust-vmm runs one when a queue is
+        // enabled) processes them.
+        let (tx, rx) = (&vrings[TX_QUEUE as usize], &vrings[RX_QUEUE as usize]);
+        let (tx_live, rx_live) = (vring_live(tx), vring_live(rx));
         // TX may create RX work and RX may unblock TX: alternate until both settle.
         loop {
-            let tx_more = process_tx(&mut inner, &mem, &vrings[TX_QUEUE as usize])?;
-            process_rx(&mut inner, &mem, &vrings[RX_QUEUE as usize])?;
+            let tx_more = tx_live && process_tx(&mut inner, &mem, tx)?;
+            if rx_live {
+                process_rx(&mut inner, &mem, rx)?;
+            }
             if !tx_more || inner.muxer.tx_blocked() {
                 break;
             }
@@ -126,7 +131,17 @@ impl VsockDevice {
     }
 }
 
+/// Whether the frontend has started and enabled `vring` (its addresses are valid).
+fn vring_live(vring: &VringRwLock) -> bool {
+    let state = vring.get_ref();
+    state.get_queue().ready() && state.is_enabled()
+}
+
 /// Moves guest packets into the muxer. Returns true if it stopped early (backlog).
+///
+/// Standard notification protocol: suppress kicks while draining, re-enable them, and
+/// drain again if the guest published more chains meanwhile. Kicks are re-enabled on
+/// every exit, also when stopping for backlog (the next RX pass resumes TX anyway).
 fn process_tx(
     inner: &mut Inner,
     mem: &GuestMemoryLoadGuard<GuestMemoryMmap>,
@@ -135,9 +150,8 @@ fn process_tx(
     let mut used_any = false;
     let mut stopped = false;
     loop {
-        if inner.event_idx {
-            vring.disable_notification().map_err(io::Error::other)?;
-        }
+        vring.disable_notification().map_err(io::Error::other)?;
+        let mut popped = false;
         loop {
             if inner.muxer.tx_blocked() {
                 stopped = true;
@@ -152,8 +166,15 @@ fn process_tx(
             handle_tx_chain(inner, mem, chain);
             vring.add_used(head, 0).map_err(io::Error::other)?;
             used_any = true;
+            popped = true;
         }
-        if stopped || !inner.event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+        let more = vring.enable_notification().map_err(io::Error::other)?;
+        if stopped || !more {
+            break;
+        }
+        if !popped {
+            // Chains announced but none poppable: a corrupt avail ring. Do not spin on it.
+            warn!("vsock: TX avail ring announces chains that cannot be read");
             break;
         }
     }
@@ -196,6 +217,12 @@ fn handle_tx_chain(
 }
 
 /// Fills RX buffers from the muxer until it or the queue runs dry.
+///
+/// RX kicks only matter when the device ran out of buffers with packets still waiting,
+/// so they are never suppressed, and "the guest posted buffers" alone is no work: only
+/// an empty queue with pending packets re-arms the notification (and retries once if
+/// buffers arrived in between). Looping on posted buffers with nothing to send would
+/// spin forever, as a real guest keeps its RX queue full.
 fn process_rx(
     inner: &mut Inner,
     mem: &GuestMemoryLoadGuard<GuestMemoryMmap>,
@@ -203,54 +230,51 @@ fn process_rx(
 ) -> io::Result<()> {
     let mut used_any = false;
     let mut out = Vec::with_capacity(MAX_PKT_PAYLOAD as usize);
-    'outer: loop {
-        if inner.event_idx {
-            vring.disable_notification().map_err(io::Error::other)?;
-        }
-        while inner.muxer.has_rx() {
-            let chain = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(mem.clone());
-            let Some(chain) = chain else {
-                // Out of buffers: wait for the guest's kick (back-pressure, nothing dropped).
-                if inner.event_idx && vring.enable_notification().map_err(io::Error::other)? {
-                    continue 'outer;
-                }
-                break 'outer;
-            };
-            let head = chain.head_index();
-            let mut writer = match virtio_queue::Writer::new(&**mem, chain) {
-                Ok(w) => w,
-                Err(e) => {
-                    warn!("vsock: bad RX descriptor chain: {e}");
-                    vring.add_used(head, 0).map_err(io::Error::other)?;
-                    used_any = true;
-                    continue;
-                }
-            };
-            let room = writer.available_bytes();
-            if room < HDR_LEN {
-                warn!("vsock: RX buffer of {room} bytes is smaller than the header");
+    let mut retried = false;
+    while inner.muxer.has_rx() {
+        let chain = vring
+            .get_mut()
+            .get_queue_mut()
+            .pop_descriptor_chain(mem.clone());
+        let Some(chain) = chain else {
+            // Out of buffers: ask for a kick when the guest adds some (back-pressure,
+            // nothing dropped); if some arrived while re-arming, go on right away (once:
+            // a corrupt avail ring announces chains that never pop).
+            if !retried && vring.enable_notification().map_err(io::Error::other)? {
+                retried = true;
+                continue;
+            }
+            break;
+        };
+        retried = false;
+        let head = chain.head_index();
+        let mut writer = match virtio_queue::Writer::new(&**mem, chain) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("vsock: bad RX descriptor chain: {e}");
                 vring.add_used(head, 0).map_err(io::Error::other)?;
                 used_any = true;
                 continue;
             }
-            let Some(hdr) = inner.muxer.next_rx(room - HDR_LEN, &mut out) else {
-                vring.get_mut().get_queue_mut().go_to_previous_position();
-                break 'outer;
-            };
-            let ok = writer.write_all(&hdr.encode()).is_ok() && writer.write_all(&out).is_ok();
-            if !ok {
-                error!("vsock: RX buffer write failed");
-            }
-            let len = writer.bytes_written() as u32;
-            vring.add_used(head, len).map_err(io::Error::other)?;
+        };
+        let room = writer.available_bytes();
+        if room < HDR_LEN {
+            warn!("vsock: RX buffer of {room} bytes is smaller than the header");
+            vring.add_used(head, 0).map_err(io::Error::other)?;
             used_any = true;
+            continue;
         }
-        if !inner.event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+        let Some(hdr) = inner.muxer.next_rx(room - HDR_LEN, &mut out) else {
+            vring.get_mut().get_queue_mut().go_to_previous_position();
             break;
+        };
+        let ok = writer.write_all(&hdr.encode()).is_ok() && writer.write_all(&out).is_ok();
+        if !ok {
+            error!("vsock: RX buffer write failed");
         }
+        let len = writer.bytes_written() as u32;
+        vring.add_used(head, len).map_err(io::Error::other)?;
+        used_any = true;
     }
     if used_any && vring.needs_notification().map_err(io::Error::other)? {
         vring.signal_used_queue()?;
@@ -283,8 +307,8 @@ impl VhostUserBackend for VsockDevice {
             | VhostUserProtocolFeatures::REPLY_ACK
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        self.lock().event_idx = enabled;
+    fn set_event_idx(&self, _enabled: bool) {
+        // rust-vmm sets EVENT_IDX on every vring; the queue helpers honour it on their own.
     }
 
     fn reset_device(&self) {

@@ -61,6 +61,35 @@ impl GuestQueue {
         v
     }
 
+    /// The driver's published available index (chains handed to the device so far).
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// The device's `flags` in the used ring (bit 0: `VRING_USED_F_NO_NOTIFY`).
+    pub fn used_flags(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(self.used)).unwrap()
+    }
+
+    /// The device's `avail_event` (after the used ring; EVENT_IDX only).
+    pub fn avail_event(&self) -> u16 {
+        let at = self.used + 4 + 8 * self.size as u64;
+        self.mem.read_obj(GuestAddress(at)).unwrap()
+    }
+
+    /// Whether a real driver would kick the device after publishing `new` chains.
+    ///
+    /// Linux's rule (`virtqueue_kick_prepare`): with EVENT_IDX, kick iff the new
+    /// available index passed `avail_event` (`vring_need_event`); without it, kick unless
+    /// the device set `VRING_USED_F_NO_NOTIFY`.
+    pub fn would_kick(&self, event_idx: bool, old: u16, new: u16) -> bool {
+        if event_idx {
+            new.wrapping_sub(self.avail_event()).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            self.used_flags() & 1 == 0
+        }
+    }
+
     /// Free descriptors left.
     pub fn free_count(&self) -> usize {
         self.free.len()

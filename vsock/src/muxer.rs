@@ -75,7 +75,7 @@ impl Muxer {
             std::fs::remove_file(uds_path)?;
         }
         let listener = UnixListener::bind(uds_path)?;
-        listener.set_nonblocking(true)?;
+        set_nonblocking(listener.as_raw_fd())?;
         let epoll = Epoll::new()?;
         epoll.ctl(
             ControlOperation::Add,

@@ -8,7 +8,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use vm_memory::GuestMemoryAtomic;
 
 use crate::conn::CONN_BUF_ALLOC;
@@ -19,7 +19,7 @@ use crate::packet::*;
 const CID: u64 = 3;
 
 struct Guest {
-    dev: VsockDevice,
+    dev: std::sync::Arc<VsockDevice>,
     rxq: GuestQueue,
     txq: GuestQueue,
     vrings: Vec<VringRwLock>,
@@ -30,11 +30,13 @@ struct Guest {
 impl Guest {
     fn new(size: u16, rx_len: u32) -> Guest {
         let dir = tempfile::tempdir().unwrap();
-        let dev = VsockDevice::new(VsockConfig {
-            guest_cid: CID,
-            uds_path: dir.path().join("v.sock"),
-        })
-        .unwrap();
+        let dev = std::sync::Arc::new(
+            VsockDevice::new(VsockConfig {
+                guest_cid: CID,
+                uds_path: dir.path().join("v.sock"),
+            })
+            .unwrap(),
+        );
         let slot = (rx_len as u64).max(HDR_LEN as u64 + MAX_PKT_PAYLOAD as u64);
         let (mem, bases) = guest_memory(3, size, slot);
         let rxq = GuestQueue::new(&mem, bases[0], size, slot);
@@ -674,4 +676,100 @@ fn rx_queue_full_back_pressures_without_loss() {
     }
     assert_eq!(got, data);
     let _ = hp;
+}
+
+/// Runs `process(event)` on another thread; fails (instead of hanging the suite) if the
+/// device does not return: a worker that never returns never sees the guest's next kick.
+fn process_returns(g: &Guest, event: u16) {
+    let dev = g.dev.clone();
+    let vrings = g.vrings.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = dev.process(event, &vrings);
+        let _ = tx.send(r.is_ok());
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(ok) => assert!(ok, "process({event}) failed"),
+        Err(_) => panic!("process({event}) did not return: the worker thread spins"),
+    }
+}
+
+/// Regression (real Linux guests hung in connect()): with VIRTIO_RING_F_EVENT_IDX, a
+/// driver keeps its RX queue full. Handling an RX kick with nothing to send used to loop
+/// forever ("buffers available" taken for "work to do"), holding the device lock, so the
+/// guest's TX kick (the connection REQUEST) was never serviced.
+#[test]
+fn event_idx_full_rx_queue_does_not_starve_tx() {
+    let mut g = Guest::new(64, 4096);
+    for v in &g.vrings {
+        v.set_queue_event_idx(true);
+    }
+    g.dev.set_event_idx(true);
+    let listener = UnixListener::bind(format!("{}_5000", g.uds().display())).unwrap();
+    // The driver filled RX and kicked: nothing to send, the worker must return.
+    process_returns(&g, RX_QUEUE);
+    process_returns(&g, TX_QUEUE);
+    assert!(g.rxq.take_used().is_empty());
+    // The guest connects: it must decide to kick, and the kick must bring the RESPONSE.
+    for round in 0..3u32 {
+        let old = g.txq.avail_idx();
+        let hb = g.hdr(40000 + round, 5000, OP_REQUEST).encode();
+        g.txq.add(&[Ok(&hb)]).unwrap();
+        assert!(
+            g.txq.would_kick(true, old, g.txq.avail_idx()),
+            "round {round}: the device left avail_event at {} so the guest never kicks",
+            g.txq.avail_event()
+        );
+        process_returns(&g, TX_QUEUE);
+        g.txq.take_used();
+        let (_s, _) = listener.accept().unwrap();
+        let pk: Vec<_> = g.rxq.take_used();
+        assert_eq!(pk.len(), 1, "round {round}: one RESPONSE");
+        let h = Header::decode(&pk[0].1).unwrap();
+        assert_eq!(
+            (h.op, h.src_port, h.dst_port),
+            (OP_RESPONSE, 5000, 40000 + round)
+        );
+        g.refill_rx();
+        process_returns(&g, RX_QUEUE);
+    }
+}
+
+/// Without EVENT_IDX the device suppresses kicks (VRING_USED_F_NO_NOTIFY) while it drains
+/// TX; it must lift the suppression afterwards or the guest never kicks again.
+#[test]
+fn tx_notifications_reenabled_without_event_idx() {
+    let mut g = Guest::new(16, 4096);
+    for round in 0..3u32 {
+        let old = g.txq.avail_idx();
+        g.send(g.hdr(100 + round, 7, OP_REQUEST), &[]);
+        assert!(
+            g.txq.would_kick(false, old, g.txq.avail_idx() + 1),
+            "round {round}: TX left with VRING_USED_F_NO_NOTIFY set"
+        );
+        let pk = g.recv();
+        assert_eq!(pk[0].0.op, OP_RST, "nobody listens on host port 7");
+    }
+}
+
+/// A host connection that arrives before the frontend enabled the queues waits in the
+/// device; nothing touches a queue that is not enabled, and the REQUEST goes out once
+/// it is.
+#[test]
+fn host_connect_waits_for_enabled_queues() {
+    let mut g = Guest::new(16, 4096);
+    for v in &g.vrings {
+        v.set_enabled(false);
+    }
+    let mut s = UnixStream::connect(g.uds()).unwrap();
+    writeln!(s, "CONNECT 77").unwrap();
+    g.pump_host(1000);
+    g.pump_host(10);
+    assert!(g.rxq.take_used().is_empty(), "RX used while disabled");
+    for v in &g.vrings {
+        v.set_enabled(true);
+    }
+    let pk = g.recv();
+    assert_eq!(pk.len(), 1, "{pk:?}");
+    assert_eq!((pk[0].0.op, pk[0].0.dst_port), (OP_REQUEST, 77));
 }
