@@ -15,6 +15,7 @@ pub use kind::KIND;
 
 #[cfg(test)]
 #[path = "../../vsock/src/guestq.rs"]
+#[allow(dead_code)] // shared with the vsock crate; net's tests use only part of it
 pub(crate) mod guestq;
 #[cfg(test)]
 mod tests;
