@@ -91,10 +91,12 @@ fn start_weston() -> Weston {
         .unwrap_or_else(|e| panic!("cannot start weston ({e}): install it with `apt-get install weston` (bash scripts/setup)"));
     let sock = dir.path().join("wayland-0");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
+    // weston binds the socket before it listens: wait until a connection is accepted,
+    // not merely until the path exists.
+    while UnixStream::connect(&sock).is_err() {
         assert!(
             Instant::now() < deadline,
-            "weston did not create {}",
+            "weston did not listen on {}",
             sock.display()
         );
         std::thread::sleep(Duration::from_millis(20));

@@ -49,8 +49,9 @@ fn jailed_device_forwards_a_context_to_weston() {
     );
     let wsock = dir.path().join("wayland-0");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !wsock.exists() {
-        assert!(Instant::now() < deadline, "weston did not start");
+    // weston binds before it listens: wait for an accepted connection, not the path.
+    while std::os::unix::net::UnixStream::connect(&wsock).is_err() {
+        assert!(Instant::now() < deadline, "weston did not start listening");
         std::thread::sleep(Duration::from_millis(20));
     }
     let vdir = tempfile::tempdir().unwrap();
