@@ -62,7 +62,7 @@ cordon-guest-agent --peer unix-echo $R/vsock_7001 &
 cordon-guest-agent --peer vsock-connect $R/vsock 7002 $VSOCK_HOST_LEN &
 ( while ! grep -q GUEST-OUT $R/con.out; do sleep 0.2; done; printf 'HOST-IN!' >&3 ) &
 cordon run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --params "$L2_CMDLINE" --mem 512 \
-  --no-console-input -s $R/vmm.sock \
+  __CONSOLE_INPUT__ -s $R/vmm.sock \
   --vhost-user type=block,socket=$R/blk.sock --vhost-user type=net,socket=$R/net.sock \
   --vhost-user type=rng,socket=$R/rng.sock --vhost-user type=vsock,socket=$R/vsock.sock \
   --vhost-user type=console,socket=$R/con.sock
@@ -186,17 +186,37 @@ impl Outcome {
 
 /// Boots the full stack once and returns what happened (failed checks included).
 pub fn run_full_stack(name: &str) -> Result<Outcome> {
+    run_full_stack_with(name, false)
+}
+
+/// Like [`run_full_stack`]; `interactive` puts the console on this process's terminal and,
+/// after its checks and a readable summary, the guest gives the user a shell on its serial
+/// console (keyboard input goes through `cordon run`); leaving the shell ends the run.
+pub fn run_full_stack_with(name: &str, interactive: bool) -> Result<Outcome> {
     let dir = tempfile::tempdir()?;
     let disk = dir.path().join("disk.img");
     make_disk(&disk).context("creating the guest's disk image")?;
-    let runner = NestedRunner::new()?
+    let script = SCRIPT
+        .replace("__VSOCK_HOST_LEN__", &VSOCK_HOST_LEN.to_string())
+        .replace(
+            "__CONSOLE_INPUT__",
+            if interactive {
+                ""
+            } else {
+                "--no-console-input"
+            },
+        );
+    let mut runner = NestedRunner::new()?
         .name(name)
         .static_bin("cordon", "cordon")?
         .static_bin("cordon-guest-agent", "cordon-guest-agent")?
         .file("disk.img", &disk)
-        .script(&SCRIPT.replace("__VSOCK_HOST_LEN__", &VSOCK_HOST_LEN.to_string()))
+        .script(&script)
         .l2_checks(&guest_checks())
         .allow_failures();
+    if interactive {
+        runner = runner.interactive();
+    }
     let mode = runner.current_mode();
     let results = runner.run()?;
     if results.results.iter().all(|c| c.vm != "l2") {

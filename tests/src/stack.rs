@@ -192,6 +192,55 @@ impl HostStack {
             .with_context(|| format!("cordon devices lists no {name}"))
     }
 
+    /// `kill -9` of device `name`'s process (the child `cordon devices` forked for it, whose
+    /// jailed device process dies with it); returns the pid killed.
+    pub fn kill_device(&self, name: &str) -> Result<u32> {
+        let pid = self.device_pid(name)?;
+        // SAFETY: sending SIGKILL to a process of the tree this stack started.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
+            bail!(
+                "kill -9 {pid} ({name}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(pid)
+    }
+
+    /// Waits until `cordon devices` runs device `name` in a process other than `old`
+    /// (restarted), and its log shows `connected` frontend connections in total; returns
+    /// the new pid.
+    pub fn wait_restarted(
+        &self,
+        name: &str,
+        old: u32,
+        connected: usize,
+        within: Duration,
+    ) -> Result<u32> {
+        let until = Instant::now() + within;
+        let needle = format!("{name}: frontend connected");
+        loop {
+            let now = self
+                .devices()?
+                .into_iter()
+                .find(|(n, pid, state)| n == name && *pid != old && state.contains("running"));
+            let conns = self.output().matches(&needle).count();
+            if let Some((_, pid, _)) = now {
+                if conns >= connected {
+                    return Ok(pid);
+                }
+            }
+            if Instant::now() > until {
+                bail!(
+                    "{name} was not restarted and reconnected ({conns} of {connected} frontend \
+                     connections) within {} s:\n{}",
+                    within.as_secs(),
+                    tail(&self.output())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Confinement of every device process (the jailed leaf under each child).
     pub fn jail_facts(&self) -> Result<Vec<(String, JailFacts)>> {
         self.devices()?

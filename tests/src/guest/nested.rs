@@ -81,6 +81,7 @@ pub struct NestedRunner {
     l1_memory_mb: u32,
     name: Option<String>,
     allow_failures: bool,
+    interactive: bool,
 }
 
 impl NestedRunner {
@@ -102,6 +103,7 @@ impl NestedRunner {
             l1_memory_mb: 2048,
             name: None,
             allow_failures: false,
+            interactive: false,
         })
     }
 
@@ -200,8 +202,22 @@ impl NestedRunner {
         self
     }
 
+    /// Interactive run (the demo on a terminal): L1's console is this process's terminal
+    /// (nested mode; in direct mode the script inherits the terminal), L2 gives a shell on its
+    /// serial console after its checks (`cordon.shell=1`), and there is no time limit. The
+    /// script must forward its stdin to L2's serial console (`cordon run` without
+    /// `--no-console-input`).
+    pub fn interactive(mut self) -> Self {
+        self.interactive = true;
+        self.timeout = Duration::from_secs(365 * 24 * 3600);
+        self
+    }
+
     fn header(&self, dir: &str, kernel: &str, initrd: &str) -> Result<String> {
-        let l2 = GuestRunner::tcg().checks(&self.l2_checks);
+        let mut l2 = GuestRunner::tcg().checks(&self.l2_checks);
+        if self.interactive {
+            l2 = l2.shell();
+        }
         // The L2 VMM may have no ACPI: the agent ends L2 with an i8042 reset, which Cordon's
         // VMM exits on (QEMU microvm, without i8042, falls back to a triple fault).
         let cmdline = l2.cmdline_with("l2", "reboot=k cordon.exit=reboot")?;
@@ -263,6 +279,7 @@ impl NestedRunner {
         if self.allow_failures {
             g = g.allow_failures();
         }
+        g.terminal = self.interactive;
         g.exact_name = true;
         g.vm = "l1".into();
         g.also_expect = vec![("l2".into(), self.l2_checks.len())];
@@ -304,15 +321,25 @@ impl NestedRunner {
             b"(direct mode: the script's output is the console log)\n",
         )?;
         let out = std::fs::File::create(&log)?;
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg("sh ./run.sh; echo \"CORDON-SCRIPT-DONE rc=$?\"")
-            .current_dir(w)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting the VMM script")?;
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").current_dir(w);
+        if self.interactive {
+            // The terminal sees the script; the log gets a copy for the results.
+            drop(out);
+            cmd.arg(format!(
+                "{{ sh ./run.sh; echo \"CORDON-SCRIPT-DONE rc=$?\"; }} 2>&1 | tee '{}'",
+                log.display()
+            ))
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        } else {
+            cmd.arg("sh ./run.sh; echo \"CORDON-SCRIPT-DONE rc=$?\"")
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out);
+        }
+        let child = cmd.spawn().context("starting the VMM script")?;
         let mut g = GuestRunner::tcg().timeout(self.timeout);
         if self.allow_failures {
             g = g.allow_failures();
