@@ -10,6 +10,7 @@ pub mod device;
 pub mod kv;
 pub mod queue;
 pub mod relay;
+pub mod restart;
 pub mod sandbox;
 pub mod serve;
 pub mod served;
