@@ -16,6 +16,7 @@ pub mod serve;
 pub mod served;
 pub mod signals;
 pub mod supervisor;
+pub mod virtio;
 
 pub use connection::{Connection, ConnectionArgs, Endpoint};
 pub use device::{CommonArgs, DeviceKind, OpenedDevice};
