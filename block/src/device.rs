@@ -155,19 +155,7 @@ impl BlockDevice {
     /// Bytes `[offset, offset+size)` of the config space, zero-padded to `size`. Offsets at or
     /// above 0x100 (virtio-pci style) are accepted too.
     pub fn read_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let offset = if offset >= PCI_CONFIG_OFFSET {
-            offset - PCI_CONFIG_OFFSET
-        } else {
-            offset
-        } as usize;
-        let size = (size as usize).min(4096);
-        let cfg = self.config_space();
-        let mut out = vec![0u8; size];
-        if offset < cfg.len() {
-            let n = (cfg.len() - offset).min(size);
-            out[..n].copy_from_slice(&cfg[offset..offset + n]);
-        }
-        out
+        cordon_backends::virtio::config_window(&self.config_space(), offset, size)
     }
 
     /// Pop and complete every available request of `queue`. Returns how many were completed
