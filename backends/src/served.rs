@@ -24,20 +24,6 @@ use vmm_sys_util::event::{
 
 use crate::serve::Backend;
 
-/// Where virtio-pci puts the device config space; some frontends send vhost-user
-/// `GET_CONFIG`/`SET_CONFIG` offsets relative to it (QEMU sends offsets from 0).
-pub const PCI_CONFIG_OFFSET: u32 = 0x100;
-
-/// The config-space offset a device sees: frontends using virtio-pci offsets (0x100 and up)
-/// are mapped back to 0-based ones; device config spaces are far smaller than 0x100 bytes.
-pub fn config_offset(offset: u32) -> u32 {
-    if offset >= PCI_CONFIG_OFFSET {
-        offset - PCI_CONFIG_OFFSET
-    } else {
-        offset
-    }
-}
-
 /// Wraps a device for one frontend connection.
 pub struct Served<B> {
     inner: Arc<B>,
@@ -84,10 +70,10 @@ impl<B: Backend> VhostUserBackend for Served<B> {
         self.inner.set_event_idx(enabled)
     }
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.inner.get_config(config_offset(offset), size)
+        self.inner.get_config(offset, size)
     }
     fn set_config(&self, offset: u32, buf: &[u8]) -> Result<()> {
-        self.inner.set_config(config_offset(offset), buf)
+        self.inner.set_config(offset, buf)
     }
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap<()>>) -> Result<()> {
         if let Err(e) = check_regions(&mem) {
