@@ -104,9 +104,10 @@ pub fn blk_checks(cfg: &Config) -> Vec<Check> {
     v
 }
 
-/// The stream checks (Cordon boots only): TCP and vsock, guest→host then host→guest.
+/// The stream checks (Cordon boots only): TCP and vsock, guest→host then host→guest. A
+/// stream that stalls fails after 120 s (plus 1 s per MiB) and is reported as a problem.
 pub fn stream_checks(cfg: &Config) -> Vec<Check> {
-    let t = 600;
+    let t = 120 + (cfg.bytes >> 20);
     let b = cfg.bytes;
     vec![
         Check::new("bench-send")
@@ -190,7 +191,10 @@ fn boot(disk: Disk, round: u32) -> String {
         cordon_run(&format!("\"$L2_CMDLINE_{var}\""))
     ));
     s.push_str(
-        "kill $devices; wait $devices\nsed 's/^/L1-DEVICES /' $R/devices.log\n\
+        "ip -s link show cordon0 2>&1 | sed 's/^/L1-TAP /'\n\
+         kill $devices; wait $devices\n\
+         echo \"L1-DEVICES $(grep -c \"queue that's not ready\" $R/devices.log) 'queue not ready' errors\"\n\
+         grep -v \"queue that's not ready\" $R/devices.log | sed 's/^/L1-DEVICES /'\n\
          sed 's/^/L1-PEERS /' $R/peers.log; : > $R/peers.log\n",
     );
     if disk == Disk::Qsd {
