@@ -211,3 +211,103 @@ fn cordon_device_runs_one_backend() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("known: rng, serial"));
 }
+
+fn wait_new(pid: u32, name: &str, not: Option<u32>) -> Option<u32> {
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        if let Some(p) = descendants(pid)
+            .into_iter()
+            .find(|&p| comm(p) == name && Some(p) != not)
+        {
+            return Some(p);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn restart_policy_restarts_then_gives_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.sock");
+    let ctl = dir.path().join("ctl.sock");
+    let mut d = cordon(&[
+        "-s",
+        ctl.to_str().unwrap(),
+        "--restart",
+        "on-failure:1",
+        "--rng",
+        &format!("vhost={}", a.display()),
+    ]);
+    drop(VhostUserDriver::connect(&a, DriverConfig::new(1)).unwrap());
+    let first = wait_new(d.0.id(), "rng-0", None).expect("rng-0 process");
+    // SAFETY: killing a process we started (indirectly).
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    let second = wait_new(d.0.id(), "rng-0", Some(first)).expect("restarted rng-0");
+    assert!(a.exists(), "socket of a restarted device removed");
+    let mut r = VhostUserDriver::connect(&a, DriverConfig::new(1)).unwrap();
+    assert_eq!(r.request(0, &[], &[8], T).unwrap().len, 8);
+    drop(r);
+    let mut c = UnixStream::connect(&ctl).unwrap();
+    c.write_all(b"list\n").unwrap();
+    let mut list = String::new();
+    c.read_to_string(&mut list).unwrap();
+    assert!(
+        list.contains("rng-0 pid=") && list.contains(" running restarts=1"),
+        "{list}"
+    );
+    // The limit is one consecutive restart: the second crash ends the device and the run.
+    // SAFETY: as above.
+    unsafe { libc::kill(second as i32, libc::SIGKILL) };
+    let st = wait_exit(&mut d.0);
+    let err = stderr_of(&mut d.0);
+    assert!(!st.success());
+    assert!(
+        err.contains("giving up after 1 consecutive restarts"),
+        "{err}"
+    );
+    assert!(!a.exists(), "socket of a device given up not removed");
+}
+
+#[test]
+fn jail_pivot_root_dir_is_the_device_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("marker"), b"pivot root content").unwrap();
+    let rng = dir.path().join("rng.sock");
+    let mut d = cordon(&[
+        "--jail",
+        &format!("pivot-root={}", root.display()),
+        "--rng",
+        &format!("vhost={}", rng.display()),
+    ]);
+    let mut r = VhostUserDriver::connect(&rng, DriverConfig::new(1)).unwrap();
+    assert_eq!(r.request(0, &[], &[32], T).unwrap().len, 32);
+    // The serving (jailed) process sees DIR's content as / and nothing of the host.
+    let jailed: Vec<u32> = descendants(d.0.id())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/root/marker"))
+                .ok()
+                .as_deref()
+                == Some(&b"pivot root content"[..])
+        })
+        .collect();
+    assert!(!jailed.is_empty(), "no device process has DIR as its root");
+    for p in &jailed {
+        assert!(!Path::new(&format!("/proc/{p}/root/etc/passwd")).exists());
+        assert!(!Path::new(&format!("/proc/{p}/root/usr")).exists());
+    }
+    drop(r);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
+    let st = wait_exit(&mut d.0);
+    assert!(st.success(), "{st:?}: {}", stderr_of(&mut d.0));
+    // The host's DIR is unchanged.
+    let names: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("marker")]);
+}
