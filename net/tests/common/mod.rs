@@ -209,8 +209,7 @@ impl Guest {
             self.post(a);
         }
         let mut out = Vec::new();
-        loop {
-            let Some(b) = self.pending.first() else { break };
+        while let Some(b) = self.pending.first() {
             assert!(b.len() >= VNET_HDR_LEN, "RX buffer shorter than the header");
             let n = u16::from_le_bytes([b[10], b[11]]).max(1) as usize;
             if self.pending.len() < n {
