@@ -46,6 +46,11 @@ pub struct Stats {
     pub p99_us: f64,
     /// I/Os completed.
     pub ops: u64,
+    /// CPU time of the backend's process tree per I/O, microseconds (0 for the host row).
+    pub backend_cpu_us: f64,
+    /// CPU time of the issuing process (this benchmark: the frontend driver, or the host
+    /// loop) per I/O, microseconds.
+    pub driver_cpu_us: f64,
 }
 
 impl Stats {
@@ -64,6 +69,8 @@ impl Stats {
             p50_us: pct(0.50),
             p99_us: pct(0.99),
             ops: lat_ns.len() as u64,
+            backend_cpu_us: 0.0,
+            driver_cpu_us: 0.0,
         }
     }
 }
@@ -285,6 +292,32 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
     tree
 }
 
+/// CPU time (user + system, clock ticks) consumed so far by process `pid` (all its threads).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let f = |i: usize| rest.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    f(14) + f(15)
+}
+
+/// CPU ticks of `pid` and all its descendants.
+pub fn cpu_ticks_tree(pid: u32) -> u64 {
+    process_tree(pid).into_iter().map(cpu_ticks).sum()
+}
+
+/// Microseconds per clock tick.
+pub fn tick_us() -> f64 {
+    // SAFETY: sysconf has no memory side effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    1e6 / if hz > 0 { hz as f64 } else { 100.0 }
+}
+
 /// Memory of a backend: (RSS of the process that serves, KiB; PSS of its whole process tree,
 /// KiB; number of processes).
 pub fn backend_memory(pid: u32) -> std::io::Result<(u64, u64, usize)> {
@@ -316,18 +349,20 @@ pub fn render(rows: &[Row], mem: &[(String, (u64, u64, usize))], notes: &str) ->
     let mut s = String::new();
     s.push_str("# Block benchmark results\n\n");
     s.push_str(notes);
-    s.push_str("\n\n| target | op | QD | IOPS | p50 (µs) | p99 (µs) | I/Os |\n");
-    s.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    s.push_str("\n\n| target | op | QD | IOPS | p50 (µs) | p99 (µs) | I/Os | backend CPU µs/IO | driver CPU µs/IO |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {} |\n",
+            "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.2} | {:.2} |\n",
             r.target,
             r.op.name(),
             r.qd,
             r.stats.iops,
             r.stats.p50_us,
             r.stats.p99_us,
-            r.stats.ops
+            r.stats.ops,
+            r.stats.backend_cpu_us,
+            r.stats.driver_cpu_us
         ));
     }
     s.push_str("\n## Ratios (IOPS)\n\n| op | QD | block-device / best qsd | block-device / host |\n|---|---:|---:|---:|\n");

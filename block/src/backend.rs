@@ -106,21 +106,29 @@ impl BlockBackend {
             while let Some(chain) = queue::pop_chain(vring, &*mem) {
                 let head = chain.head_index();
                 pool.begin();
-                let started = Instant::now();
                 // Defer what may block only when something else could run meanwhile. Buffered
                 // writes usually just copy into the page cache, faster than a hand-off, so they
-                // run here unless one recently blocked (writeback throttling).
+                // run here unless one recently blocked (writeback throttling). Only requests
+                // that may block are timed (no clock read for a cached read).
+                let mut timed: Option<Instant> = None;
                 let defer = |kind: u32| {
-                    pool.enabled()
-                        && (kind != VIRTIO_BLK_T_OUT || direct || started < slow_until)
-                        && (pool.outstanding() > 1 || avail_pending(vring, &mem) != Some(false))
+                    let now = Instant::now();
+                    let d = pool.enabled()
+                        && (kind != VIRTIO_BLK_T_OUT || direct || now < slow_until)
+                        && (pool.outstanding() > 1 || avail_pending(vring, &mem) != Some(false));
+                    if !d {
+                        timed = Some(now);
+                    }
+                    d
                 };
                 let step = self.device.prepare(&*mem, chain, &mut scratch, defer);
                 match step {
                     Step::Done(used) => {
-                        let now = Instant::now();
-                        if now.duration_since(started) >= SLOW_REQUEST {
-                            slow_until = now + DEFER_AFTER_SLOW;
+                        if let Some(started) = timed {
+                            let now = Instant::now();
+                            if now.duration_since(started) >= SLOW_REQUEST {
+                                slow_until = now + DEFER_AFTER_SLOW;
+                            }
                         }
                         let r = queue::add_used(vring, head, used);
                         pool.end();

@@ -13,7 +13,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use cordon_bench::block::{backend_memory, host_io, render, vhost_user_blk, Op, Row};
+use cordon_bench::block::{
+    backend_memory, cpu_ticks, cpu_ticks_tree, host_io, render, tick_us, vhost_user_blk, Op, Row,
+};
+
+/// CPU microseconds per I/O from a tick count (includes setup and drain of the run).
+fn per_io(ticks: u64, ops: u64) -> f64 {
+    ticks as f64 * tick_us() / ops.max(1) as f64
+}
 
 /// Block device benchmark (not a test).
 #[derive(Parser, Debug)]
@@ -184,10 +191,18 @@ fn main() -> anyhow::Result<()> {
             let mut host_runs = Vec::new();
             for _rep in 0..args.reps {
                 // (c) the limit: this process on the image directly.
-                host_runs.push(host_io(&img, op, dur)?);
+                let me = std::process::id();
+                let c0 = cpu_ticks(me);
+                let mut st = host_io(&img, op, dur)?;
+                st.driver_cpu_us = per_io(cpu_ticks(me) - c0, st.ops);
+                host_runs.push(st);
                 for t in 0..3 {
-                    let st = vhost_user_blk(&socks[t], op, qd, dur, size)
+                    let (b0, d0) = (cpu_ticks_tree(procs[t].0.id()), cpu_ticks(me));
+                    let mut st = vhost_user_blk(&socks[t], op, qd, dur, size)
                         .with_context(|| format!("{} {} qd{qd}", names[t], op.name()))?;
+                    st.backend_cpu_us =
+                        per_io(cpu_ticks_tree(procs[t].0.id()).saturating_sub(b0), st.ops);
+                    st.driver_cpu_us = per_io(cpu_ticks(me).saturating_sub(d0), st.ops);
                     eprintln!("{} {} qd{qd}: {:.0} IOPS", names[t], op.name(), st.iops);
                     runs[t].push(st);
                 }
