@@ -10,11 +10,13 @@ pub mod device;
 pub mod kv;
 pub mod queue;
 pub mod relay;
+pub mod restart;
 pub mod sandbox;
 pub mod serve;
 pub mod served;
 pub mod signals;
 pub mod supervisor;
+pub mod virtio;
 
 pub use connection::{Connection, ConnectionArgs, Endpoint};
 pub use device::{CommonArgs, DeviceKind, OpenedDevice};

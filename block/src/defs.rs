@@ -62,7 +62,3 @@ pub const VIRTIO_BLK_ID_BYTES: usize = 20;
 /// Size of the virtio-blk config space Cordon exposes: everything up to and including
 /// `write_zeroes_may_unmap` and its padding (the secure-erase and zoned fields are not offered).
 pub const CONFIG_SPACE_SIZE: usize = 60;
-
-/// Offset at which some frontends address the device config space (virtio-pci's device config
-/// window); the vhost-user spec uses offset 0. Both are accepted.
-pub const PCI_CONFIG_OFFSET: u32 = 0x100;

@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 
 use clap::{Arg, ArgAction, Args, Command};
+use cordon_backends::restart::RestartPolicy;
 use cordon_backends::supervisor::{parse_jail, run_devices, DeviceRequest, DevicesOptions};
 use cordon_backends::DeviceKind;
 
@@ -50,6 +51,17 @@ fn command() -> Command {
                 .help("Jail settings"),
         )
         .arg(
+            Arg::new("restart")
+                .long("restart")
+                .value_name("never|on-failure[:MAX]|always[:MAX]")
+                .value_parser(|s: &str| s.parse::<RestartPolicy>())
+                .help(
+                    "Fork a new jailed child when one dies (default never): on-failure after a \
+                     crash or non-zero exit, always after any exit; backoff 100 ms doubling to \
+                     5 s; MAX consecutive restarts (default 10, 0 = unlimited), reset after 10 s up",
+                ),
+        )
+        .arg(
             Arg::new("control-socket")
                 .short('s')
                 .long("control-socket")
@@ -85,6 +97,9 @@ pub fn run(cmd: DevicesCmd) -> anyhow::Result<()> {
         parse_jail(j, &mut opts.sandbox)?;
     }
     opts.control_socket = m.get_one::<String>("control-socket").map(Into::into);
+    if let Some(p) = m.get_one::<RestartPolicy>("restart") {
+        opts.restart = *p;
+    }
     let mut found: Vec<(usize, DeviceRequest)> = Vec::new();
     for &k in KINDS {
         if let (Some(idx), Some(vals)) = (m.indices_of(k.name()), m.get_many::<String>(k.name())) {

@@ -211,3 +211,60 @@ fn cordon_device_runs_one_backend() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("known: rng, serial"));
 }
+
+fn wait_new(pid: u32, name: &str, not: Option<u32>) -> Option<u32> {
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        if let Some(p) = descendants(pid)
+            .into_iter()
+            .find(|&p| comm(p) == name && Some(p) != not)
+        {
+            return Some(p);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn restart_policy_restarts_then_gives_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.sock");
+    let ctl = dir.path().join("ctl.sock");
+    let mut d = cordon(&[
+        "-s",
+        ctl.to_str().unwrap(),
+        "--restart",
+        "on-failure:1",
+        "--rng",
+        &format!("vhost={}", a.display()),
+    ]);
+    drop(VhostUserDriver::connect(&a, DriverConfig::new(1)).unwrap());
+    let first = wait_new(d.0.id(), "rng-0", None).expect("rng-0 process");
+    // SAFETY: killing a process we started (indirectly).
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    let second = wait_new(d.0.id(), "rng-0", Some(first)).expect("restarted rng-0");
+    assert!(a.exists(), "socket of a restarted device removed");
+    let mut r = VhostUserDriver::connect(&a, DriverConfig::new(1)).unwrap();
+    assert_eq!(r.request(0, &[], &[8], T).unwrap().len, 8);
+    drop(r);
+    let mut c = UnixStream::connect(&ctl).unwrap();
+    c.write_all(b"list\n").unwrap();
+    let mut list = String::new();
+    c.read_to_string(&mut list).unwrap();
+    assert!(
+        list.contains("rng-0 pid=") && list.contains(" running restarts=1"),
+        "{list}"
+    );
+    // The limit is one consecutive restart: the second crash ends the device and the run.
+    // SAFETY: as above.
+    unsafe { libc::kill(second as i32, libc::SIGKILL) };
+    let st = wait_exit(&mut d.0);
+    let err = stderr_of(&mut d.0);
+    assert!(!st.success());
+    assert!(
+        err.contains("giving up after 1 consecutive restarts"),
+        "{err}"
+    );
+    assert!(!a.exists(), "socket of a device given up not removed");
+}

@@ -158,3 +158,103 @@ fn block_options_and_image_lock_errors() {
     d.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(err.contains("in use"), "{err}");
 }
+
+fn find_child(pid: u32, name: &str) -> Option<u32> {
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let kids: Vec<u32> = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        for &k in &kids {
+            let comm = std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default();
+            if comm.trim() == name {
+                return Some(k);
+            }
+        }
+        todo.extend(kids);
+    }
+    None
+}
+
+/// Waits until a process named `name` other than `not` runs under `pid`.
+fn wait_child(pid: u32, name: &str, not: Option<u32>) -> u32 {
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        if let Some(p) = find_child(pid, name).filter(|&p| Some(p) != not) {
+            return p;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no (new) {name} process under {pid}");
+}
+
+#[test]
+fn a_killed_block_child_is_restarted_on_the_same_socket_and_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.img");
+    image(&img, 0);
+    let sock = dir.path().join("a.sock");
+    let mut d = cordon(&[
+        "--restart",
+        "on-failure",
+        "--block",
+        &format!("path={},vhost={}", img.display(), sock.display()),
+    ]);
+    let mut drv =
+        VhostUserDriver::connect(&sock, DriverConfig::new(1).with_features(F_FLUSH)).unwrap();
+    let c = drv
+        .request(0, &[&hdr(1, 2), &[0xa1; 512]], &[1], T)
+        .unwrap();
+    assert_eq!(c.written[0][0], 0, "write status");
+    let first = wait_child(d.0.id(), "block-0", None);
+    // SAFETY: killing a process we started (indirectly).
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    drop(drv);
+    // A new jailed child serves the same socket path, on the same image.
+    let second = wait_child(d.0.id(), "block-0", Some(first));
+    let mut drv =
+        VhostUserDriver::connect(&sock, DriverConfig::new(1).with_features(F_FLUSH)).unwrap();
+    let c = drv.request(0, &[&hdr(0, 2)], &[512, 1], T).unwrap();
+    assert_eq!(c.written[1][0], 0, "read status after the restart");
+    assert_eq!(
+        c.written[0],
+        vec![0xa1; 512],
+        "data written before the kill"
+    );
+    let c = drv
+        .request(0, &[&hdr(1, 3), &[0xb2; 512]], &[1], T)
+        .unwrap();
+    assert_eq!(c.written[0][0], 0, "write status after the restart");
+    let c = drv.request(0, &[&hdr(4, 0)], &[1], T).unwrap();
+    assert_eq!(c.written[0][0], 0, "flush status");
+    assert_eq!(
+        &std::fs::read(&img).unwrap()[3 * 512..4 * 512],
+        &[0xb2; 512][..]
+    );
+    assert!(find_child(d.0.id(), "block-0") == Some(second));
+    // The restarted device still holds the image's exclusive lock.
+    let other = dir.path().join("b.sock");
+    let mut e = cordon(&[
+        "--block",
+        &format!("path={},vhost={}", img.display(), other.display()),
+    ]);
+    assert!(!wait_exit(&mut e.0).success());
+    let mut err = String::new();
+    e.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("in use"), "{err}");
+    drop(drv);
+    // A stop after a successful restart is a clean exit.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
+    let st = wait_exit(&mut d.0);
+    let mut err = String::new();
+    d.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(st.success(), "{st:?}: {err}");
+    assert!(
+        err.contains("block-0: killed by signal 9") && err.contains("restarting in 100 ms"),
+        "{err}"
+    );
+    assert!(!sock.exists());
+}

@@ -11,13 +11,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Mutex;
 
 use log::{debug, error, warn};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::*;
-use virtio_bindings::bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
-};
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -484,9 +481,7 @@ impl VhostUserBackend for NetDevice {
     }
 
     fn features(&self) -> u64 {
-        let mut f = (1u64 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+        let mut f = cordon_backends::virtio::BASE_FEATURES
             | (1 << VIRTIO_NET_F_CSUM)
             | (1 << VIRTIO_NET_F_GUEST_CSUM)
             | (1 << VIRTIO_NET_F_GUEST_TSO4)
@@ -498,8 +493,7 @@ impl VhostUserBackend for NetDevice {
             | (1 << VIRTIO_NET_F_HOST_ECN)
             | (1 << VIRTIO_NET_F_HOST_UFO)
             | (1 << VIRTIO_NET_F_MRG_RXBUF)
-            | (1 << VIRTIO_NET_F_STATUS)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+            | (1 << VIRTIO_NET_F_STATUS);
         if self.cfg.mac.is_some() {
             f |= 1 << VIRTIO_NET_F_MAC;
         }
@@ -569,9 +563,7 @@ impl VhostUserBackend for NetDevice {
         cfg[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
         cfg[8..10].copy_from_slice(&(self.cfg.queue_pairs as u16).to_le_bytes());
         cfg[10..12].copy_from_slice(&1500u16.to_le_bytes());
-        let start = (offset as usize).min(cfg.len());
-        let end = start.saturating_add(size as usize).min(cfg.len());
-        cfg[start..end].to_vec()
+        cordon_backends::virtio::config_window(&cfg, offset, size)
     }
 
     fn update_memory(&self, mem: Mem) -> io::Result<()> {

@@ -41,7 +41,7 @@ impl OpenedDevice for OpenedNet {
 
 /// Opens the TAP (creating/configuring it: needs CAP_NET_ADMIN, before the jail).
 fn open(opts: &NetOptions) -> anyhow::Result<Box<dyn OpenedDevice>> {
-    limit_malloc_arenas();
+    cordon_backends::virtio::limit_malloc_arenas();
     let cfg = opts.config().map_err(|e| anyhow::anyhow!(e))?;
     let dev = NetDevice::new(cfg).map_err(|e| anyhow::anyhow!("net: {e}"))?;
     log::info!("net: serving TAP {}", dev.tap_name());
@@ -85,12 +85,4 @@ impl DeviceKind for NetKind {
         let dev = open(&args.net)?;
         cordon_backends::device::run_opened("net", dev, &args.common)
     }
-}
-
-/// Fixes glibc's malloc arena limit before jailing: otherwise the first contended malloc
-/// in a worker thread probes /sys/devices/system/cpu/online with `openat`, which the
-/// seccomp policy (rightly) kills.
-fn limit_malloc_arenas() {
-    // SAFETY: mallopt only updates allocator tunables.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 4) };
 }

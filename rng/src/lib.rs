@@ -11,10 +11,8 @@ use cordon_backends::queue::{process_queue, GuestMem};
 use cordon_backends::{
     serve, Backend, CommonArgs, DeviceKind, Endpoint, KeyValues, OpenedDevice, ServeOptions,
 };
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::epoll::EventSet;
 
 /// Queue size offered to the driver.
@@ -71,10 +69,7 @@ impl VhostUserBackend for Rng {
         QUEUE_SIZE
     }
     fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        cordon_backends::virtio::BASE_FEATURES
     }
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ

@@ -9,10 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use cordon_backends::queue::{process_queue, process_queue_while, GuestMem};
 use cordon_backends::{Backend, EventRegistrar};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::params::{Input, Opened, Output};
@@ -146,11 +144,7 @@ impl VhostUserBackend for Console {
         QUEUE_SIZE
     }
     fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_CONSOLE_F_SIZE)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        cordon_backends::virtio::BASE_FEATURES | (1 << VIRTIO_CONSOLE_F_SIZE)
     }
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ
@@ -169,11 +163,7 @@ impl VhostUserBackend for Console {
         cfg[0..2].copy_from_slice(&cols.to_le_bytes());
         cfg[2..4].copy_from_slice(&rows.to_le_bytes());
         cfg[4..8].copy_from_slice(&1u32.to_le_bytes());
-        let (o, s) = (offset as usize, size as usize);
-        match o.checked_add(s) {
-            Some(end) if end <= cfg.len() => cfg[o..end].to_vec(),
-            _ => Vec::new(),
-        }
+        cordon_backends::virtio::config_window(&cfg, offset, size)
     }
     fn set_event_idx(&self, enabled: bool) {
         self.event_idx.store(enabled, Ordering::Release);

@@ -5,12 +5,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use log::{error, warn};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
-};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -295,10 +291,7 @@ impl VhostUserBackend for VsockDevice {
     }
 
     fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        cordon_backends::virtio::BASE_FEATURES
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -317,9 +310,7 @@ impl VhostUserBackend for VsockDevice {
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let cfg = self.cfg.guest_cid.to_le_bytes();
-        let start = (offset as usize).min(cfg.len());
-        let end = start.saturating_add(size as usize).min(cfg.len());
-        cfg[start..end].to_vec()
+        cordon_backends::virtio::config_window(&cfg, offset, size)
     }
 
     fn update_memory(&self, mem: Mem) -> io::Result<()> {

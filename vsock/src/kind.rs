@@ -56,7 +56,7 @@ impl OpenedDevice for OpenedVsock {
 }
 
 fn open(opts: &VsockOptions) -> anyhow::Result<Box<dyn OpenedDevice>> {
-    limit_malloc_arenas();
+    cordon_backends::virtio::limit_malloc_arenas();
     let mut cfg = opts.config();
     cfg.uds_path = std::path::absolute(&cfg.uds_path)?;
     let dev = VsockDevice::new(cfg.clone())
@@ -97,12 +97,4 @@ impl DeviceKind for VsockKind {
         let dev = open(&args.vsock)?;
         cordon_backends::device::run_opened("vsock", dev, &args.common)
     }
-}
-
-/// Fixes glibc's malloc arena limit before jailing: otherwise the first contended malloc
-/// in a worker thread probes /sys/devices/system/cpu/online with `openat`, which the
-/// seccomp policy (rightly) kills.
-fn limit_malloc_arenas() {
-    // SAFETY: mallopt only updates allocator tunables.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 4) };
 }

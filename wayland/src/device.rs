@@ -13,14 +13,9 @@ use std::sync::Mutex;
 use log::{debug, error, warn};
 use vhost::vhost_user::message::{
     VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
-    VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
-};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -644,12 +639,7 @@ impl VhostUserBackend for WlDevice {
     }
 
     fn features(&self) -> u64 {
-        (1u64 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-            | (1 << F_TRANS_FLAGS)
-            | (1 << F_USE_SHMEM)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        cordon_backends::virtio::BASE_FEATURES | (1 << F_TRANS_FLAGS) | (1 << F_USE_SHMEM)
     }
 
     fn acked_features(&self, features: u64) {

@@ -89,7 +89,7 @@ impl OpenedDevice for OpenedWl {
 }
 
 fn open(o: &WlOptions) -> anyhow::Result<Box<dyn OpenedDevice>> {
-    limit_malloc_arenas();
+    cordon_backends::virtio::limit_malloc_arenas();
     let cfg = o.config()?;
     let sock = cfg.wayland_sock.clone();
     let dev = WlDevice::new(cfg)?;
@@ -128,12 +128,4 @@ impl DeviceKind for WlKind {
         let dev = open(&args.wl)?;
         cordon_backends::device::run_opened("wayland", dev, &args.common)
     }
-}
-
-/// Fixes glibc's malloc arena limit before jailing: otherwise the first contended malloc
-/// in a worker thread probes /sys/devices/system/cpu/online with `openat`, which the
-/// seccomp policy (rightly) kills.
-fn limit_malloc_arenas() {
-    // SAFETY: mallopt only updates allocator tunables.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 4) };
 }
