@@ -284,3 +284,118 @@ fn works_without_root_through_a_user_namespace() {
         "unprivileged jail (needs unprivileged user namespaces)"
     );
 }
+
+/// Empties every capability set of the calling thread, keeping uid 0 (as a container does).
+fn drop_capabilities_keep_root() -> bool {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    let hdr = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let data = [[0u32; 3]; 2];
+    // SAFETY: capset(2) version 3 with a header and two empty data structs alive for the call.
+    unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) == 0 }
+}
+
+#[test]
+fn works_as_root_without_capabilities_like_in_a_container() {
+    // Root without CAP_SYS_ADMIN/CAP_SETFCAP cannot map uid 0 into its user namespace; the
+    // jail must still create the mount points of nested bind destinations.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared = dir.path().join("run").join("sockets");
+    std::fs::create_dir_all(&shared).expect("mkdir");
+    let data = dir.path().join("data");
+    std::fs::write(&data, b"resource").expect("write");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("mkdir tmp");
+    let written = shared.join("x");
+    let r = in_child(move || {
+        // The jail stages its root under $TMPDIR: keep it inside this test's directory.
+        // The forked child is single-threaded, so changing the environment is sound.
+        std::env::set_var("TMPDIR", &tmp);
+        if !drop_capabilities_keep_root() {
+            return 2;
+        }
+        let jail = Jail::new().bind_rw(&shared).bind_ro(&data);
+        let (s, d) = (shared.clone(), data.clone());
+        let child = match jail.fork_jailed(move || {
+            if Path::new("/etc").exists() {
+                return 4;
+            }
+            match std::fs::read(&d) {
+                Ok(b) if b == b"resource" => {}
+                _ => return 5,
+            }
+            if std::fs::write(s.join("x"), b"1").is_err() {
+                return 6;
+            }
+            0
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return 3;
+            }
+        };
+        match child.wait() {
+            Ok(ChildExit::Exited(c)) => c,
+            _ => 7,
+        }
+    });
+    assert_eq!(r, ChildExit::Exited(0), "jail as root without capabilities");
+    assert!(written.exists(), "write through the bind mount");
+}
+
+#[test]
+fn pivot_root_dir_becomes_the_root() {
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::write(root.path().join("marker"), b"inside").expect("write");
+    std::fs::create_dir(root.path().join("sub")).expect("mkdir");
+    std::fs::write(root.path().join("sub/file"), b"nested").expect("write");
+    // A bind mount still works on top of the pivot root.
+    let extra = tempfile::tempdir().expect("tempdir");
+    let shared = extra.path().join("shared.txt");
+    std::fs::write(&shared, b"bound").expect("write");
+    let shared2 = shared.clone();
+    let jail = Jail::new().pivot_root(root.path()).bind_ro(&shared);
+    let r = run(&jail, move || {
+        // The host outside DIR is gone.
+        if Path::new("/etc/passwd").exists() || Path::new("/usr").exists() {
+            return 2;
+        }
+        // DIR's content is at /.
+        match std::fs::read("/marker") {
+            Ok(b) if b == b"inside" => {}
+            _ => return 3,
+        }
+        match std::fs::read("/sub/file") {
+            Ok(b) if b == b"nested" => {}
+            _ => return 4,
+        }
+        match std::fs::read(&shared2) {
+            Ok(b) if b == b"bound" => {}
+            _ => return 5,
+        }
+        // Read-only: the jailed process cannot change DIR.
+        match std::fs::write("/marker", b"x") {
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => {}
+            _ => return 6,
+        }
+        0
+    });
+    assert_eq!(r, ChildExit::Exited(0));
+    assert_eq!(
+        std::fs::read(root.path().join("marker")).expect("marker"),
+        b"inside"
+    );
+    // A missing pivot root is a setup error naming it.
+    let gone = root.path().join("missing");
+    let Err(e) = Jail::new().pivot_root(&gone).fork_jailed(|| 0) else {
+        panic!("missing pivot root must fail");
+    };
+    assert!(e.to_string().contains("pivot root"), "{e}");
+}

@@ -1,4 +1,5 @@
-//! The jail's filesystem: an empty tmpfs root holding only the declared bind mounts.
+//! The jail's filesystem: an empty tmpfs root (or, like minijail's `-P DIR`, a host directory
+//! bound read-only as the root) holding the declared bind mounts.
 
 use super::{Bind, JailError};
 use std::ffi::CString;
@@ -9,6 +10,8 @@ use std::path::{Component, Path, PathBuf};
 /// Bind mounts checked and converted before any namespace change.
 pub(super) struct MountPlan {
     root: PathBuf,
+    /// Host directory to use as the root instead of an empty tmpfs.
+    root_dir: Option<PathBuf>,
     binds: Vec<(Bind, bool)>,
 }
 
@@ -89,8 +92,24 @@ fn jail_root_dir() -> PathBuf {
 }
 
 impl MountPlan {
-    /// Checks every bind source exists and every destination is absolute.
-    pub(super) fn prepare(binds: &[Bind]) -> Result<Self, JailError> {
+    /// Checks every bind source exists and every destination is absolute, and that
+    /// `root_dir` (if any) is a directory.
+    pub(super) fn prepare(binds: &[Bind], root_dir: Option<&Path>) -> Result<Self, JailError> {
+        let root_dir = match root_dir {
+            None => None,
+            Some(d) => {
+                let what = || format!("pivot root {}", d.display());
+                let canon = d.canonicalize().map_err(|e| JailError::new(what(), e))?;
+                if !canon.is_dir() {
+                    return Err(JailError::new(
+                        what(),
+                        io::Error::new(io::ErrorKind::InvalidInput, "not a directory"),
+                    ));
+                }
+                cstr(&canon)?;
+                Some(canon)
+            }
+        };
         let mut out = Vec::new();
         for b in binds {
             let meta = std::fs::metadata(&b.src)
@@ -109,12 +128,13 @@ impl MountPlan {
         }
         Ok(MountPlan {
             root: jail_root_dir(),
+            root_dir,
             binds: out,
         })
     }
 
-    /// In the new mount namespace: private propagation, tmpfs root, bind mounts, read-only
-    /// root, pivot_root, detach the old root.
+    /// In the new mount namespace: private propagation, tmpfs root (or the pivot root
+    /// directory bound), bind mounts, read-only root, pivot_root, detach the old root.
     pub(super) fn apply(&self) -> Result<(), JailError> {
         mount(
             None,
@@ -128,17 +148,46 @@ impl MountPlan {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(JailError::new(format!("mkdir {}", self.root.display()), e)),
         }
-        mount(
-            Some(Path::new("tmpfs")),
-            &self.root,
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            Some("mode=0755,size=1m,nr_inodes=4096"),
-        )?;
+        let staged = self.root_dir.is_none() && caller_unmapped();
+        let root = match &self.root_dir {
+            // The host directory becomes the root (a bind mount in this private namespace;
+            // the host's view of it is untouched). Missing bind mount points are created in it,
+            // as minijail does.
+            Some(dir) => {
+                mount(
+                    Some(dir),
+                    &self.root,
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                    None,
+                )?;
+                self.root.clone()
+            }
+            // Root without capabilities (a container): the caller's uid is unmapped in the
+            // user namespace it just created, and the kernel refuses to create inodes
+            // (EOVERFLOW) on filesystems mounted inside that namespace, such as a fresh
+            // tmpfs. The mount points are created instead in a directory of the outer
+            // filesystem (where the uid is mapped), bound onto itself to become the root.
+            None if staged => {
+                let dir = self.staging_dir()?;
+                mount(Some(&dir), &dir, None, libc::MS_BIND, None)?;
+                dir
+            }
+            None => {
+                mount(
+                    Some(Path::new("tmpfs")),
+                    &self.root,
+                    Some("tmpfs"),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    Some("mode=0755,size=1m,nr_inodes=4096"),
+                )?;
+                self.root.clone()
+            }
+        };
         for (b, is_dir) in &self.binds {
             let rel = b.dst.strip_prefix("/").unwrap_or(&b.dst);
-            let target = self.root.join(rel);
-            let parent = target.parent().unwrap_or(&self.root);
+            let target = root.join(rel);
+            let parent = target.parent().unwrap_or(&root);
             std::fs::create_dir_all(parent)
                 .map_err(|e| JailError::new(format!("mkdir {}", parent.display()), e))?;
             let made = if *is_dir {
@@ -170,20 +219,53 @@ impl MountPlan {
                 mount(None, &target, None, flags, None)?;
             }
         }
+        // A host root directory or a staged root lives on an outer mount whose flags are
+        // locked in this namespace.
+        let locked = if self.root_dir.is_some() || staged {
+            locked_flags(&root)
+        } else {
+            0
+        };
         mount(
             None,
-            &self.root,
+            &root,
             None,
             libc::MS_BIND
                 | libc::MS_REMOUNT
                 | libc::MS_RDONLY
                 | libc::MS_NOSUID
                 | libc::MS_NODEV
-                | libc::MS_NOEXEC,
+                | libc::MS_NOEXEC
+                | locked,
             None,
         )?;
-        pivot(&self.root)
+        pivot(&root)
     }
+
+    /// A fresh, empty directory under the jail root directory for a staged root. It stays
+    /// behind (empty but for the mount points) when the jail ends; in a container it lives
+    /// on the container's own `/tmp`.
+    fn staging_dir(&self) -> Result<PathBuf, JailError> {
+        let pid = std::process::id();
+        for i in 0..1000 {
+            let d = self.root.join(format!("{pid}-{i}"));
+            match std::fs::create_dir(&d) {
+                Ok(()) => return Ok(d),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(JailError::new(format!("mkdir {}", d.display()), e)),
+            }
+        }
+        Err(JailError::new(
+            format!("staging directory under {}", self.root.display()),
+            io::Error::new(io::ErrorKind::AlreadyExists, "no free name"),
+        ))
+    }
+}
+
+/// Whether the calling process's uid has no mapping in its user namespace (root without
+/// CAP_SETFCAP may not map uid 0 into a namespace it creates): `/proc/self/uid_map` is empty.
+fn caller_unmapped() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| m.trim().is_empty())
 }
 
 fn pivot(root: &Path) -> Result<(), JailError> {
