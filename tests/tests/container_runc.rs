@@ -112,6 +112,20 @@ impl Peer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits up to `t` until the peer printed a line containing every one of `needles`
+    /// (it reports after finishing its stream, possibly after the guest is done); its output.
+    fn wait_for_line(&self, needles: &[&str], t: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.output();
+            let found = out.lines().any(|l| needles.iter().all(|n| l.contains(n)));
+            if found || start.elapsed() > t {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits up to `t` for the peer to exit; its output.
     fn wait(&mut self, t: Duration) -> String {
         let start = Instant::now();
@@ -359,9 +373,12 @@ fn guest_uses_backends_running_in_runc_containers() -> anyhow::Result<()> {
     let back = std::fs::read(&image)?;
     assert_eq!(&back[4096..4096 + GUEST_BYTES.len()], GUEST_BYTES);
     assert_eq!(r.check("vsock-connect")?.bytes("received")?, VSOCK_PAYLOAD);
-    let echoed = echo.output();
+    let want = format!("bytes={} ", VSOCK_PAYLOAD.len());
+    let echoed = echo.wait_for_line(&[&want, "ok=true"], T);
     assert!(
-        echoed.contains(&format!("bytes={} ", VSOCK_PAYLOAD.len())) && echoed.contains("ok=true"),
+        echoed
+            .lines()
+            .any(|l| l.contains(&want) && l.contains("ok=true")),
         "guest->host vsock did not reach the host's Unix socket: {echoed}"
     );
     let out = h2g.wait(T);
