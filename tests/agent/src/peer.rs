@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 /// a nested guest on a loaded machine took over 120 s to reach its init).
 const CONNECT_RETRY: Duration = Duration::from_secs(600);
 
+/// How long a `send` peer waits on a stream that stopped moving.
+const SEND_STALL: Duration = Duration::from_secs(60);
+
 /// Usage of `--peer`.
 const USAGE: &str = "usage: --peer unix-echo PATH | --peer unix-hold PATH | \
 --peer vsock-connect UDS PORT LEN | \
@@ -275,6 +278,10 @@ pub(crate) fn send_tcp(addr: &str, len: u64) -> Result<Sent, String> {
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     };
+    // A stalled stream ends with an error saying how far it got, not a hang.
+    s.set_write_timeout(Some(SEND_STALL))
+        .and_then(|_| s.set_read_timeout(Some(SEND_STALL)))
+        .map_err(|e| e.to_string())?;
     send_on(s, |s| drop(s.shutdown(Shutdown::Write)), len)
 }
 
@@ -321,6 +328,9 @@ fn send(args: &[String]) -> Result<(), String> {
                     Err(_) => std::thread::sleep(Duration::from_millis(300)),
                 }
             };
+            s.set_write_timeout(Some(SEND_STALL))
+                .and_then(|_| s.set_read_timeout(Some(SEND_STALL)))
+                .map_err(|e| e.to_string())?;
             let sent = send_on(s, |s| drop(s.shutdown(Shutdown::Write)), len)?;
             (format!("vsock {port}"), sent)
         }
