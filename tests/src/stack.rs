@@ -192,10 +192,12 @@ impl HostStack {
             .with_context(|| format!("cordon devices lists no {name}"))
     }
 
-    /// `kill -9` of device `name`'s process (the child `cordon devices` forked for it, whose
-    /// jailed device process dies with it); returns the pid killed.
+    /// `kill -9` of device `name`'s jailed device process (the leaf under the child
+    /// `cordon devices` forked for it, which then exits as failed); returns the child's pid
+    /// as listed before the kill (see [`wait_restarted`](Self::wait_restarted)).
     pub fn kill_device(&self, name: &str) -> Result<u32> {
-        let pid = self.device_pid(name)?;
+        let child = self.device_pid(name)?;
+        let pid = leaf_descendant(child);
         // SAFETY: sending SIGKILL to a process of the tree this stack started.
         if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
             bail!(
