@@ -25,6 +25,28 @@ impl Drop for Kill {
     }
 }
 
+/// Asserts that the device process under `pid` (the single-child chain's leaf) runs under a
+/// seccomp filter with no_new_privs and no capabilities.
+fn assert_jailed(pid: u32) {
+    let mut leaf = pid;
+    loop {
+        let kids: Vec<u32> = std::fs::read_to_string(format!("/proc/{leaf}/task/{leaf}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        match kids.as_slice() {
+            [only] => leaf = *only,
+            _ => break,
+        }
+    }
+    assert_ne!(leaf, pid, "the device runs in a jailed child");
+    let status = std::fs::read_to_string(format!("/proc/{leaf}/status")).unwrap();
+    for want in ["Seccomp:\t2", "NoNewPrivs:\t1", "CapEff:\t0000000000000000"] {
+        assert!(status.contains(want), "{want} missing in:\n{status}");
+    }
+}
+
 fn le(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
 }
@@ -287,8 +309,9 @@ fn jailed_device_commits_a_shm_buffer_that_shows_in_westons_screenshot() {
     let w = start_weston();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("wl.sock");
-    let _d = spawn_device(&sock, &w.sock);
+    let d = spawn_device(&sock, &w.sock);
     let g = Guest::connect(&sock);
+    assert_jailed(d.0.id());
     let mut c = Client {
         g,
         stream: Vec::new(),
