@@ -163,7 +163,9 @@ fn backends_survive_a_killed_vmm_and_cordon_stop_ends_everything() -> anyhow::Re
     let dir = tempfile::tempdir()?;
     let disk = dir.path().join("disk.img");
     make_disk(&disk)?;
+    // Three guest boots in one L1: allow more than the default nested timeout.
     let r = NestedRunner::new()?
+        .timeout(std::time::Duration::from_secs(1200))
         .static_bin("cordon", "cordon")?
         .static_bin("cordon-guest-agent", "cordon-guest-agent")?
         .file("disk.img", &disk)
