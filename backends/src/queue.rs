@@ -51,6 +51,8 @@ where
         (q.desc_table(), q.size())
     };
     let mut checker = ChainChecker::new(qsize);
+    // Pops and completions are recorded in the inflight region when the frontend set one up.
+    let tracker = crate::inflight::tracker(vring.get_ref().get_queue());
     let mut count = 0usize;
     loop {
         if event_idx {
@@ -58,10 +60,7 @@ where
         }
         let mut popped = 0usize;
         while more() {
-            let next = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(mem.memory());
+            let next = tracker.pop(vring.get_mut().get_queue_mut(), mem.memory());
             let Some(chain) = next else { break };
             let head = chain.head_index();
             let checked = checker.check(chain.memory(), desc_table, head);
@@ -72,7 +71,9 @@ where
                     0
                 }
             };
+            tracker.completing(head);
             vring.add_used(head, len).map_err(qerr)?;
+            tracker.completed(head, vring.get_ref().get_queue().next_used());
             count += 1;
             popped += 1;
         }

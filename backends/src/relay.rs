@@ -11,10 +11,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 
+use crate::inflight::Inflight;
+use crate::intercept::Interceptor;
+
 /// vhost-user message header: request (u32), flags (u32), payload size (u32).
-const HEADER_LEN: usize = 12;
+pub(crate) const HEADER_LEN: usize = 12;
 /// Largest payload relayed; vhost-user messages are at most 4 KiB, GPU ones up to 64 KiB.
 const MAX_PAYLOAD: usize = 64 * 1024;
 /// Most descriptors one message may carry.
@@ -56,29 +60,66 @@ impl Relay {
         ]
     }
 
-    /// Starts the two copy threads and returns; they end when either side closes.
-    pub fn start(self) -> io::Result<()> {
-        let (a_in, a_out) = (self.outer.try_clone()?, self.inner.try_clone()?);
-        let (b_in, b_out) = (self.inner, self.outer);
-        thread::Builder::new()
-            .name("fd-relay-in".into())
-            .spawn(move || pump(&a_in, &a_out))?;
-        thread::Builder::new()
-            .name("fd-relay-out".into())
-            .spawn(move || pump(&b_in, &b_out))?;
-        Ok(())
+    /// Starts the two copy threads and returns; they end when either side closes. With
+    /// `inflight`, the frontend's inflight messages are answered on the way (see
+    /// [`crate::intercept`]).
+    pub fn start(self, inflight: Option<Arc<Inflight>>) -> io::Result<()> {
+        pump_pair(self.outer, self.inner, inflight)
     }
 }
 
+/// Relays whole messages between the frontend's stream `outer` and the daemon's stream
+/// `inner` on two threads; with `inflight`, GET/SET_INFLIGHT_FD are answered here.
+pub fn pump_pair(
+    outer: UnixStream,
+    inner: UnixStream,
+    inflight: Option<Arc<Inflight>>,
+) -> io::Result<()> {
+    let out_lock = Arc::new(Mutex::new(()));
+    let (a_in, a_out) = (outer.try_clone()?, inner.try_clone()?);
+    let (b_in, b_out) = (inner, outer);
+    let a_reply = b_out.try_clone()?;
+    let a_lock = out_lock.clone();
+    thread::Builder::new()
+        .name("vu-relay-in".into())
+        .spawn(move || {
+            let mut icpt = inflight.map(|i| Interceptor::new(i, a_reply, a_lock));
+            pump(&a_in, &a_out, None, icpt.as_mut())
+        })?;
+    thread::Builder::new()
+        .name("vu-relay-out".into())
+        .spawn(move || pump(&b_in, &b_out, Some(&out_lock), None))?;
+    Ok(())
+}
+
 /// Copies whole messages from `from` to `to` until EOF or error, then shuts both down.
-fn pump(from: &UnixStream, to: &UnixStream) {
+fn pump(
+    from: &UnixStream,
+    to: &UnixStream,
+    lock: Option<&Mutex<()>>,
+    mut icpt: Option<&mut Interceptor>,
+) {
     let mut buf = vec![0u8; HEADER_LEN + MAX_PAYLOAD];
     loop {
-        match relay_one(from, to, &mut buf) {
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        let r = read_message(from, &mut buf, &mut fds).and_then(|n| {
+            let Some(n) = n else { return Ok(false) };
+            let fds = match icpt.as_deref_mut() {
+                Some(i) => match i.intercept(&buf[..n], fds)? {
+                    Some(fds) => fds,
+                    None => return Ok(true),
+                },
+                None => fds,
+            };
+            let _guard = lock.map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+            send_all(to, &buf[..n], &fds)?;
+            Ok(true)
+        });
+        match r {
             Ok(true) => continue,
             Ok(false) => break,
             Err(e) => {
-                log::warn!("fd relay: {e}; closing the connection");
+                log::warn!("vhost-user relay: {e}; closing the connection");
                 break;
             }
         }
@@ -87,12 +128,16 @@ fn pump(from: &UnixStream, to: &UnixStream) {
     let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
-/// Relays one message; Ok(false) on clean EOF.
-fn relay_one(from: &UnixStream, to: &UnixStream, buf: &mut [u8]) -> io::Result<bool> {
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    let n = recv_exact(from, &mut buf[..HEADER_LEN], &mut fds)?;
+/// Reads one whole message (header and bounded payload) into `buf`; its length, or None on
+/// a clean EOF.
+pub(crate) fn read_message(
+    from: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<Option<usize>> {
+    let n = recv_exact(from, &mut buf[..HEADER_LEN], fds)?;
     if n == 0 {
-        return Ok(false);
+        return Ok(None);
     }
     if n < HEADER_LEN {
         return Err(io::Error::new(
@@ -101,14 +146,14 @@ fn relay_one(from: &UnixStream, to: &UnixStream, buf: &mut [u8]) -> io::Result<b
         ));
     }
     let size = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
-    if size > MAX_PAYLOAD {
+    if size > MAX_PAYLOAD || HEADER_LEN + size > buf.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("message payload of {size} bytes is too large"),
         ));
     }
     if size > 0 {
-        let m = recv_exact(from, &mut buf[HEADER_LEN..HEADER_LEN + size], &mut fds)?;
+        let m = recv_exact(from, &mut buf[HEADER_LEN..HEADER_LEN + size], fds)?;
         if m < size {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -116,8 +161,7 @@ fn relay_one(from: &UnixStream, to: &UnixStream, buf: &mut [u8]) -> io::Result<b
             ));
         }
     }
-    send_all(to, &buf[..HEADER_LEN + size], &fds)?;
-    Ok(true)
+    Ok(Some(HEADER_LEN + size))
 }
 
 /// Reads exactly `buf.len()` bytes unless EOF comes first; collects passed descriptors.
@@ -188,7 +232,7 @@ fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> i
     Ok(n)
 }
 
-fn send_all(sock: &UnixStream, data: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
+pub(crate) fn send_all(sock: &UnixStream, data: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
     let mut sent = 0;
     let mut first = true;
     while sent < data.len() {
@@ -244,7 +288,7 @@ mod tests {
         let (outer_peer, outer) = UnixStream::pair().unwrap();
         let relay = Relay::new(outer).unwrap();
         let (mut accepted, _) = relay.listener.accept().unwrap();
-        relay.start().unwrap();
+        relay.start(None).unwrap();
         // A message with payload and one fd, from the "frontend" side.
         let f = tempfile::tempfile().unwrap();
         let mut msg = vec![];

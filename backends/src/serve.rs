@@ -10,6 +10,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::connection::Endpoint;
+use crate::inflight::Inflight;
 use crate::relay::Relay;
 use crate::sandbox::JailPlan;
 use crate::served::Served;
@@ -173,8 +174,48 @@ pub fn set_process_name(name: &str) {
     }
 }
 
+/// A private listener inside the jail: the daemon accepts the proxied connection from it
+/// (rust-vmm's daemon only accepts from a listener).
+struct InnerListener {
+    listener: Listener,
+    addr: std::os::unix::net::SocketAddr,
+}
+
+impl InnerListener {
+    fn new() -> io::Result<Self> {
+        use std::os::linux::net::SocketAddrExt;
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "cordon-proxy-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        let l = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+        Ok(InnerListener {
+            listener: Listener::from(l),
+            addr,
+        })
+    }
+}
+
+/// Accepts the next frontend from `listener` (blocking).
+fn accept_frontend(listener: &mut Listener) -> Result<std::os::unix::net::UnixStream, ServeError> {
+    loop {
+        match listener.accept() {
+            Ok(Some(s)) => return Ok(s),
+            Ok(None) => continue,
+            Err(e) => return Err(ServeError::Daemon(format!("accept: {e}"))),
+        }
+    }
+}
+
 /// The serving loop proper (already jailed, or unjailed by choice): one fresh daemon per
 /// frontend, reset between frontends; returns after one frontend when `single`.
+///
+/// A device that offers VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD is served through the message
+/// proxy of [`crate::intercept`]: the loop accepts the frontend itself, connects a private
+/// socket to the daemon and relays between the two.
 fn serve_loop<B: Backend>(
     backend: Arc<B>,
     mut listener: Listener,
@@ -182,12 +223,30 @@ fn serve_loop<B: Backend>(
     single: bool,
     name: &str,
 ) -> Result<(), ServeError> {
+    use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
+    let wants_inflight = backend.protocol_features().contains(P::INFLIGHT_SHMFD);
+    let new_inflight =
+        || Inflight::new(name, backend.num_queues(), backend.max_queue_size());
+    let mut fd_inflight = None;
     if let Some(relay) = relay {
-        relay.start().map_err(ServeError::Relay)?;
+        fd_inflight = wants_inflight.then(new_inflight);
+        relay
+            .start(fd_inflight.clone())
+            .map_err(ServeError::Relay)?;
     }
+    let mut proxy = if wants_inflight && fd_inflight.is_none() {
+        Some(InnerListener::new().map_err(ServeError::Relay)?)
+    } else {
+        None
+    };
     loop {
+        let inflight = match (&fd_inflight, &proxy) {
+            (Some(i), _) => Some(i.clone()),
+            (None, Some(_)) => Some(new_inflight()),
+            (None, None) => None,
+        };
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let served = Served::new(backend.clone());
+        let served = Served::with_inflight(backend.clone(), inflight.clone());
         let mut daemon = VhostUserDaemon::new(name.to_string(), served, mem)
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
         let registrars: Vec<Arc<dyn EventRegistrar>> = daemon
@@ -199,9 +258,21 @@ fn serve_loop<B: Backend>(
             .connected(registrars)
             .map_err(|e| ServeError::Daemon(format!("device setup: {e}")))?;
         log::info!("{name}: waiting for a frontend");
-        daemon
-            .start(&mut listener)
-            .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        match proxy.as_mut() {
+            Some(p) => {
+                let outer = accept_frontend(&mut listener)?;
+                let inner = std::os::unix::net::UnixStream::connect_addr(&p.addr)
+                    .map_err(ServeError::Relay)?;
+                crate::relay::pump_pair(outer, inner, inflight.clone())
+                    .map_err(ServeError::Relay)?;
+                daemon
+                    .start(&mut p.listener)
+                    .map_err(|e| ServeError::Daemon(e.to_string()))?;
+            }
+            None => daemon
+                .start(&mut listener)
+                .map_err(|e| ServeError::Daemon(e.to_string()))?,
+        }
         log::info!("{name}: frontend connected");
         let result = daemon.wait();
         drop(daemon);
