@@ -163,7 +163,7 @@ impl Region {
                 "mmap_size {size} for {num_queues} queue(s) of {queue_size}: expected {need}"
             )));
         }
-        if offset % 4096 != 0 {
+        if !offset.is_multiple_of(4096) {
             return Err(InflightError::Invalid(format!(
                 "mmap_offset {offset} is not page aligned"
             )));

@@ -68,11 +68,7 @@ impl Interceptor {
 
     /// Looks at one frontend message: `Ok(Some(fds))` forwards it (with these descriptors),
     /// `Ok(None)` means it was answered here, `Err` ends the connection (malformed).
-    pub fn intercept(
-        &mut self,
-        msg: &[u8],
-        fds: Vec<OwnedFd>,
-    ) -> io::Result<Option<Vec<OwnedFd>>> {
+    pub fn intercept(&mut self, msg: &[u8], fds: Vec<OwnedFd>) -> io::Result<Option<Vec<OwnedFd>>> {
         let word = |i: usize| u32::from_le_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
         let (request, flags) = (word(0), word(4));
         let payload = &msg[HEADER_LEN..];

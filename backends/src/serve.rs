@@ -225,8 +225,7 @@ fn serve_loop<B: Backend>(
 ) -> Result<(), ServeError> {
     use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
     let wants_inflight = backend.protocol_features().contains(P::INFLIGHT_SHMFD);
-    let new_inflight =
-        || Inflight::new(name, backend.num_queues(), backend.max_queue_size());
+    let new_inflight = || Inflight::new(name, backend.num_queues(), backend.max_queue_size());
     let mut fd_inflight = None;
     if let Some(relay) = relay {
         fd_inflight = wants_inflight.then(new_inflight);
