@@ -2,6 +2,7 @@
 //! to the used ring, and notify the driver (honouring EVENT_IDX).
 
 use std::io;
+use std::ops::Deref;
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
@@ -91,6 +92,45 @@ where
         vring.signal_used_queue()?;
     }
     Ok(count)
+}
+
+/// Pops the next available chain of `vring`, or `None` when the avail ring is empty (or its
+/// index is invalid). For devices that complete requests later or on other threads: every
+/// popped chain must eventually go back through [`add_used`] or [`complete`], so that the
+/// queue layer's bookkeeping sees both ends of each request.
+pub fn pop_chain<M>(vring: &VringRwLock, mem: M) -> Option<DescriptorChain<M>>
+where
+    M: Clone + Deref,
+    M::Target: GuestMemory,
+{
+    vring.get_mut().get_queue_mut().pop_descriptor_chain(mem)
+}
+
+/// Puts chain `head` on the used ring with `len` bytes written, without notifying the driver
+/// (batch completions, then call [`notify`] once). Callable from any thread, in any order.
+pub fn add_used(vring: &VringRwLock, head: u16, len: u32) -> io::Result<()> {
+    vring
+        .add_used(head, len)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// Signals the driver that used buffers are available, unless EVENT_IDX says it does not
+/// want to be interrupted yet.
+pub fn notify(vring: &VringRwLock, event_idx: bool) -> io::Result<()> {
+    let needed = !event_idx
+        || vring
+            .needs_notification()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    if needed {
+        vring.signal_used_queue()?;
+    }
+    Ok(())
+}
+
+/// [`add_used`] then [`notify`]: completes one request (e.g. from an I/O worker thread).
+pub fn complete(vring: &VringRwLock, head: u16, len: u32, event_idx: bool) -> io::Result<()> {
+    add_used(vring, head, len)?;
+    notify(vring, event_idx)
 }
 
 const VIRTQ_DESC_F_NEXT: u16 = 1;

@@ -1,7 +1,8 @@
 //! The jail every backend enters after opening its socket and resources.
 //!
 //! The jail is `cordon_seccomp::Jail`: private mount, PID, IPC, UTS and network namespaces;
-//! an empty read-only tmpfs root holding only the bind mounts the device declared; every fd
+//! an empty read-only tmpfs root (or the `pivot-root=DIR` directory, read-only) holding the bind
+//! mounts the device declared; every fd
 //! closed but the kept ones; no capabilities; `no_new_privs`; and the device's seccomp policy
 //! `<dev>_device_vhost_user.policy`. Must be entered while the process is single-threaded.
 
@@ -39,8 +40,8 @@ pub struct SandboxArgs {
 pub struct SandboxConfig {
     /// No jail at all.
     pub disabled: bool,
-    /// crosvm's `pivot-root=DIR`: accepted and checked to be a directory; the jail root is
-    /// always a private, empty tmpfs.
+    /// crosvm's `pivot-root=DIR`: the jail's root is this host directory (read-only) instead
+    /// of a private, empty tmpfs.
     pub pivot_root: Option<PathBuf>,
     /// Where to find policy files (default: the policies built into the binary).
     pub policy_dir: Option<PathBuf>,
@@ -162,6 +163,9 @@ impl JailPlan {
             .keep_fds(&keep)
             .log_failures(self.config.log_failures)
             .policy(prog);
+        if let Some(dir) = &self.config.pivot_root {
+            jail = jail.pivot_root(dir);
+        }
         for m in &self.mounts {
             jail = if m.writable {
                 jail.bind_rw(&m.path)

@@ -1,30 +1,46 @@
 //! The vhost-user face of the block device: rust-vmm's [`VhostUserBackend`] over
-//! [`BlockDevice`]. One worker thread per queue; each drains its queue, completes every request
-//! and signals the driver once per batch (subject to EVENT_IDX suppression).
+//! [`BlockDevice`]. One worker thread per queue drains its queue: it answers at once what cannot
+//! block and hands the rest to the queue's I/O threads ([`crate::pool`]), so requests of one
+//! queue overlap; completions notify the driver subject to EVENT_IDX suppression.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use cordon_backends::queue;
 use log::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
-use crate::device::BlockDevice;
+use crate::defs::VIRTIO_BLK_T_OUT;
+use crate::device::{BlockDevice, Step};
+use crate::pool::{IoPool, Job};
 use crate::request::Scratch;
 
 /// Guest memory as the vhost-user library hands it to backends.
 pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+/// After this many requests completed on the queue thread in one batch, the driver is
+/// notified before the batch goes on, so it can reap and resubmit while the device keeps
+/// working (a pipeline instead of batch ping-pong at high queue depth).
+const NOTIFY_EVERY: usize = 16;
+/// A request executed on the queue thread that took this long blocked on the host: ...
+const SLOW_REQUEST: Duration = Duration::from_micros(200);
+/// ... then writes go to the I/O threads for this long.
+const DEFER_AFTER_SLOW: Duration = Duration::from_millis(50);
+/// How long a queue stop or a disconnect waits for the requests in flight on I/O threads.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// vhost-user backend for one block device.
 pub struct BlockBackend {
     device: Arc<BlockDevice>,
     mem: RwLock<Option<GuestMem>>,
     workers: Vec<Mutex<Scratch>>,
+    pools: Vec<IoPool>,
     event_idx: AtomicBool,
     poll_window: Duration,
 }
@@ -33,13 +49,16 @@ impl BlockBackend {
     /// A backend serving `device`.
     pub fn new(device: Arc<BlockDevice>) -> Self {
         let poll_window = Duration::from_micros(u64::from(device.poll_us()));
-        let workers = (0..device.num_queues())
-            .map(|_| Mutex::new(Scratch::default()))
+        let n = usize::from(device.num_queues());
+        let workers = (0..n).map(|_| Mutex::new(Scratch::default())).collect();
+        let pools = (0..n)
+            .map(|i| IoPool::new(device.clone(), i, usize::from(device.io_threads())))
             .collect();
         BlockBackend {
             device,
             mem: RwLock::new(None),
             workers,
+            pools,
             event_idx: AtomicBool::new(false),
             poll_window,
         }
@@ -50,12 +69,21 @@ impl BlockBackend {
         &self.device
     }
 
-    /// Drop per-connection state (guest memory, EVENT_IDX) after a frontend went away.
+    /// Drop per-connection state (guest memory, EVENT_IDX) after a frontend went away, once
+    /// the requests still running on I/O threads have completed.
     pub fn forget_connection(&self) {
+        self.drain();
         if let Ok(mut m) = self.mem.write() {
             *m = None;
         }
         self.event_idx.store(false, Ordering::Relaxed);
+    }
+
+    /// Wait for every request in flight on every queue.
+    fn drain(&self) {
+        for p in &self.pools {
+            p.wait_idle(DRAIN_TIMEOUT);
+        }
     }
 
     fn process(&self, idx: usize, vring: &VringRwLock) -> io::Result<()> {
@@ -63,46 +91,94 @@ impl BlockBackend {
             warn!("block: queue {idx} kicked before the memory table was set");
             return Ok(());
         };
-        let mem = atomic.memory();
+        let mem = atomic.memory().into_inner();
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let pool = &self.pools[idx];
         let mut scratch = self.workers[idx].lock().map_err(|_| poisoned())?;
-        let mut state = vring.get_mut();
+        let mut slow_until = Instant::now();
+        // O_DIRECT writes always reach the disk: never worth running on the queue thread.
+        let direct = self.device.disk().direct();
         loop {
             // No kicks while we are busy: the driver just publishes.
-            state.disable_notification().map_err(queue_err)?;
-            let done = self
-                .device
-                .process_queue(state.get_queue_mut(), &*mem, &mut scratch)
-                .map_err(queue_err)?;
-            if done > 0 && state.needs_notification().map_err(queue_err)? {
-                state.signal_used_queue()?;
+            vring.disable_notification().map_err(queue_err)?;
+            let mut done = 0usize;
+            let mut unsignalled = 0usize;
+            while let Some(chain) = queue::pop_chain(vring, &*mem) {
+                let head = chain.head_index();
+                pool.begin();
+                let started = Instant::now();
+                // Defer what may block only when something else could run meanwhile. Buffered
+                // writes usually just copy into the page cache, faster than a hand-off, so they
+                // run here unless one recently blocked (writeback throttling).
+                let defer = |kind: u32| {
+                    pool.enabled()
+                        && (kind != VIRTIO_BLK_T_OUT || direct || started < slow_until)
+                        && (pool.outstanding() > 1 || avail_pending(vring, &mem) != Some(false))
+                };
+                let step = self.device.prepare(&*mem, chain, &mut scratch, defer);
+                match step {
+                    Step::Done(used) => {
+                        let now = Instant::now();
+                        if now.duration_since(started) >= SLOW_REQUEST {
+                            slow_until = now + DEFER_AFTER_SLOW;
+                        }
+                        let r = queue::add_used(vring, head, used);
+                        pool.end();
+                        r?;
+                        unsignalled += 1;
+                        if unsignalled >= NOTIFY_EVERY {
+                            queue::notify(vring, event_idx)?;
+                            unsignalled = 0;
+                        }
+                    }
+                    Step::Deferred(req) => {
+                        let job = Job {
+                            head,
+                            req,
+                            scratch: pool.swap_scratch(&mut scratch),
+                            mem: mem.clone(),
+                            vring: vring.clone(),
+                            event_idx,
+                        };
+                        if let Some(mut job) = pool.submit(job) {
+                            let used = self.device.run_deferred(&*mem, &job.req, &mut job.scratch);
+                            let r = queue::add_used(vring, head, used);
+                            pool.end();
+                            r?;
+                            unsignalled += 1;
+                        }
+                    }
+                }
+                done += 1;
+            }
+            if unsignalled > 0 {
+                queue::notify(vring, event_idx)?;
             }
             // Busy-poll briefly for the driver's next request before sleeping in epoll:
             // saves a kick and a wakeup per request at low queue depth.
-            if done > 0 && self.poll(state.get_queue(), &mem) {
+            if done > 0 && self.poll(vring, &mem) {
                 continue;
             }
             // Re-enable notifications; loop if requests raced in meanwhile.
-            if !state.enable_notification().map_err(queue_err)? {
+            if !vring.enable_notification().map_err(queue_err)? {
                 break;
             }
         }
         Ok(())
     }
-}
 
-impl BlockBackend {
     /// Spin up to the poll window waiting for a new avail entry; true if one arrived.
-    fn poll(&self, queue: &Queue, mem: &GuestMemoryMmap<()>) -> bool {
+    fn poll(&self, vring: &VringRwLock, mem: &GuestMemoryMmap<()>) -> bool {
         if self.poll_window.is_zero() {
             return false;
         }
         let start = Instant::now();
         loop {
             for _ in 0..64 {
-                match queue.avail_idx(mem, Ordering::Acquire) {
-                    Ok(idx) if idx.0 != queue.next_avail() => return true,
-                    Ok(_) => std::hint::spin_loop(),
-                    Err(_) => return false,
+                match avail_pending(vring, mem) {
+                    Some(true) => return true,
+                    Some(false) => std::hint::spin_loop(),
+                    None => return false,
                 }
             }
             if start.elapsed() >= self.poll_window {
@@ -110,6 +186,16 @@ impl BlockBackend {
             }
         }
     }
+}
+
+/// Whether the driver has published requests the device has not popped yet (`None` if the
+/// avail ring cannot be read).
+fn avail_pending(vring: &VringRwLock, mem: &GuestMemoryMmap<()>) -> Option<bool> {
+    let guard = vring.get_ref();
+    let q = guard.get_queue();
+    q.avail_idx(mem, Ordering::Acquire)
+        .ok()
+        .map(|idx| idx.0 != q.next_avail())
 }
 
 fn poisoned() -> io::Error {
@@ -168,8 +254,18 @@ impl VhostUserBackend for BlockBackend {
         (0..self.device.num_queues()).map(|i| 1u64 << i).collect()
     }
 
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: the reported base must count only completed requests, so let the
+        // ones still running on I/O threads finish first.
+        if let Some(p) = self.pools.get(queue_index as usize) {
+            p.wait_idle(DRAIN_TIMEOUT);
+        }
+        Ok(())
+    }
+
     fn reset_device(&self) {
         debug!("block: device reset");
+        self.drain();
         self.event_idx.store(false, Ordering::Relaxed);
     }
 

@@ -4,7 +4,8 @@
 //! with virtio-queue's mock queue and fuzzed directly.
 
 use log::{debug, warn};
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend};
 
 use crate::defs::*;
@@ -19,6 +20,15 @@ pub const MAX_DISCARD_SEG: u32 = 32;
 /// Most sectors per discard / write-zeroes segment (4 GiB - 512 bytes, fits u32 sectors).
 pub const MAX_DISCARD_SECTORS: u32 = (u32::MAX >> SECTOR_SHIFT) & !7;
 
+/// What [`BlockDevice::prepare`] did with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Answered: the used length to return to the driver.
+    Done(u32),
+    /// Parsed (its segments are in the scratch area) but not executed: it may block.
+    Deferred(Request),
+}
+
 /// A virtio-blk device backed by a raw image.
 #[derive(Debug)]
 pub struct BlockDevice {
@@ -29,6 +39,7 @@ pub struct BlockDevice {
     queue_size: u16,
     block_size: u32,
     poll_us: u32,
+    io_threads: u16,
 }
 
 impl BlockDevice {
@@ -53,6 +64,7 @@ impl BlockDevice {
             queue_size: opts.queue_size,
             block_size: opts.block_size,
             poll_us: opts.poll_us,
+            io_threads: opts.io_threads,
         }
     }
 
@@ -74,6 +86,11 @@ impl BlockDevice {
     /// Busy-poll window after a batch, in microseconds (0: never poll).
     pub fn poll_us(&self) -> u32 {
         self.poll_us
+    }
+
+    /// I/O threads per queue (0: none).
+    pub fn io_threads(&self) -> u16 {
+        self.io_threads
     }
 
     /// Capacity in 512-byte sectors.
@@ -168,26 +185,112 @@ impl BlockDevice {
 
     /// Execute one request; returns the used length (bytes written to device-writable buffers,
     /// status included). Never fails: problems become a status.
-    pub fn handle_chain<M: GuestMemoryBackend>(
-        &self,
-        mem: &M,
-        chain: DescriptorChain<&M>,
-        s: &mut Scratch,
-    ) -> u32 {
-        let req = match parse_chain(mem, chain, s) {
+    pub fn handle_chain<M, I>(&self, mem: &M, descs: I, s: &mut Scratch) -> u32
+    where
+        M: GuestMemoryBackend,
+        I: Iterator<Item = Descriptor>,
+    {
+        match self.prepare(mem, descs, s, |_| false) {
+            Step::Done(used) => used,
+            Step::Deferred(req) => self.run_deferred(mem, &req, s),
+        }
+    }
+
+    /// First half of a request, on the queue thread: parse the chain into `s` and answer
+    /// everything that cannot block (malformed requests, GET_ID, unsupported types, reads the
+    /// host page cache serves at once with `RWF_NOWAIT`). For a request that may block (other
+    /// reads, writes, flushes, discards, write-zeroes) `defer(kind)` decides: true returns it
+    /// as [`Step::Deferred`], for [`BlockDevice::run_deferred`] on an I/O thread; false
+    /// executes it here.
+    pub fn prepare<M, I, D>(&self, mem: &M, descs: I, s: &mut Scratch, defer: D) -> Step
+    where
+        M: GuestMemoryBackend,
+        I: Iterator<Item = Descriptor>,
+        D: FnOnce(u32) -> bool,
+    {
+        let req = match parse_chain(mem, descs, s) {
             Ok(r) => r,
             Err(_) => {
                 debug!("block: request without a writable status byte dropped");
-                return 0;
+                return Step::Done(0);
             }
         };
-        let (status, written) = match req.malformed {
-            Some(why) => {
-                debug!("block: malformed request: {why}");
-                (VIRTIO_BLK_S_IOERR, 0)
+        if let Some(why) = req.malformed {
+            debug!("block: malformed request: {why}");
+            return Step::Done(self.finish(mem, &req, s, VIRTIO_BLK_S_IOERR, 0));
+        }
+        match req.kind {
+            VIRTIO_BLK_T_IN => {
+                if let Some(len) = self.read_cached(mem, &req, s) {
+                    return Step::Done(self.finish(mem, &req, s, VIRTIO_BLK_S_OK, len));
+                }
             }
-            None => self.execute(mem, &req, s),
-        };
+            VIRTIO_BLK_T_OUT
+            | VIRTIO_BLK_T_FLUSH
+            | VIRTIO_BLK_T_DISCARD
+            | VIRTIO_BLK_T_WRITE_ZEROES => {}
+            _ => {
+                let (status, written) = self.execute(mem, &req, s);
+                return Step::Done(self.finish(mem, &req, s, status, written));
+            }
+        }
+        if defer(req.kind) {
+            Step::Deferred(req)
+        } else {
+            Step::Done(self.run_deferred(mem, &req, s))
+        }
+    }
+
+    /// Second half of a request [`BlockDevice::prepare`] deferred: execute it (blocking I/O)
+    /// and write its status. Returns the used length.
+    pub fn run_deferred<M: GuestMemoryBackend>(
+        &self,
+        mem: &M,
+        req: &Request,
+        s: &mut Scratch,
+    ) -> u32 {
+        let (status, written) = self.execute(mem, req, s);
+        self.finish(mem, req, s, status, written)
+    }
+
+    /// A read served from the host page cache without blocking: the bytes read, or `None`
+    /// when it must be done the blocking way (or fails, which the blocking path reports).
+    fn read_cached<M: GuestMemoryBackend>(
+        &self,
+        mem: &M,
+        req: &Request,
+        s: &mut Scratch,
+    ) -> Option<u64> {
+        if self.disk.direct() {
+            return None;
+        }
+        let len = total_len(&s.writable);
+        if len == 0 || !self.range_ok(req.sector, len) {
+            return None;
+        }
+        if !build_iov(mem, &s.writable, &mut s.iov, true) {
+            s.iov.0.clear();
+            return None;
+        }
+        let r = self
+            .disk
+            .read_nowait(&s.iov.0, req.sector << SECTOR_SHIFT, len as usize);
+        s.iov.0.clear();
+        match r {
+            Ok(true) => Some(len),
+            _ => None,
+        }
+    }
+
+    /// Write the status byte; returns the used length (`written` data bytes + status).
+    fn finish<M: GuestMemoryBackend>(
+        &self,
+        mem: &M,
+        req: &Request,
+        s: &mut Scratch,
+        status: u8,
+        written: u64,
+    ) -> u32 {
         s.iov.0.clear();
         if mem.write_obj(status, req.status).is_err() {
             return 0;

@@ -173,6 +173,41 @@ impl DiskImage {
         preadv_all(&self.file, iov, offset)
     }
 
+    /// Try to read `len` bytes at `offset` into `iov` without blocking (`preadv2` with
+    /// `RWF_NOWAIT`: served only if the data is in the host page cache). True when the whole
+    /// range was read; false when the read would block, was short, or cannot be tried (O_DIRECT
+    /// image, too many iovecs): the caller then does a blocking read, typically on an I/O
+    /// thread. Errors other than "would block" are returned.
+    pub fn read_nowait(&self, iov: &[libc::iovec], offset: u64, len: usize) -> io::Result<bool> {
+        if self.buffered.is_some() || iov.is_empty() || iov.len() > IOV_MAX {
+            return Ok(false);
+        }
+        loop {
+            // SAFETY: `iov` holds `iov.len()` valid iovecs, each describing mapped guest memory
+            // that the caller keeps mapped (it holds the memory guard) for the call.
+            let n = unsafe {
+                libc::preadv2(
+                    self.file.as_raw_fd(),
+                    iov.as_ptr(),
+                    iov.len() as libc::c_int,
+                    offset as i64,
+                    libc::RWF_NOWAIT,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize == len);
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+                    return Ok(false)
+                }
+                _ => return Err(e),
+            }
+        }
+    }
+
     /// Write the `len` bytes of `iov` (guest memory) at `offset`.
     pub fn write_vectored(
         &self,

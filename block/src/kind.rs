@@ -14,8 +14,8 @@ use cordon_backends::{
 use crate::backend::BlockBackend;
 use crate::device::BlockDevice;
 use crate::options::{
-    parse_block_size, parse_id, parse_num_queues, parse_poll_us, parse_queue_size, BlockOptions,
-    DEFAULT_POLL_US, DEFAULT_QUEUE_SIZE,
+    parse_block_size, parse_id, parse_io_threads, parse_num_queues, parse_poll_us,
+    parse_queue_size, BlockOptions, DEFAULT_IO_THREADS, DEFAULT_POLL_US, DEFAULT_QUEUE_SIZE,
 };
 
 /// Seccomp policy base name of the jailed block device.
@@ -60,6 +60,11 @@ pub struct BlockArgs {
     /// 0 never polls).
     #[arg(long, default_value_t = DEFAULT_POLL_US, value_parser = |s: &str| parse_poll_us(s))]
     pub poll_us: u32,
+    /// I/O threads per queue for requests that may block (writes, flushes, discards, reads
+    /// the page cache cannot serve at once), so they overlap (0-64; 0 runs them one after
+    /// another on the queue thread).
+    #[arg(long, default_value_t = DEFAULT_IO_THREADS, value_parser = |s: &str| parse_io_threads(s))]
+    pub io_threads: u16,
 }
 
 impl BlockArgs {
@@ -74,6 +79,7 @@ impl BlockArgs {
         o.block_size = self.block_size;
         o.queue_size = self.queue_size;
         o.poll_us = self.poll_us;
+        o.io_threads = self.io_threads;
         Ok(o)
     }
 }
@@ -105,6 +111,9 @@ pub fn options_from_kv(mut kv: KeyValues) -> anyhow::Result<BlockOptions> {
     }
     if let Some(n) = kv.take_str("poll-us")? {
         o.poll_us = parse_poll_us(&n)?;
+    }
+    if let Some(n) = kv.take_str("io-threads")? {
+        o.io_threads = parse_io_threads(&n)?;
     }
     kv.finish()?;
     Ok(o)
@@ -160,7 +169,7 @@ impl DeviceKind for BlockKind {
         "block"
     }
     fn syntax(&self) -> &'static str {
-        "vhost=SOCKET,path=IMAGE[,ro][,sparse=BOOL][,direct=BOOL][,id=ID][,num-queues=N][,block-size=N][,queue-size=N][,poll-us=N]"
+        "vhost=SOCKET,path=IMAGE[,ro][,sparse=BOOL][,direct=BOOL][,id=ID][,num-queues=N][,block-size=N][,queue-size=N][,poll-us=N][,io-threads=N]"
     }
     fn open(&self, opts: KeyValues) -> anyhow::Result<Box<dyn OpenedDevice>> {
         let o = options_from_kv(opts)?;

@@ -5,6 +5,7 @@
 //! - [`disk`]: the raw image (open, lock, vectored I/O, hole punching, O_DIRECT);
 //! - [`request`]: descriptor chain parsing (hostile input);
 //! - [`device`]: executing requests and the config space;
+//! - [`pool`]: per-queue I/O threads, so requests of one queue overlap;
 //! - [`backend`]: rust-vmm `VhostUserBackend` glue (queues, notifications, EVENT_IDX);
 //! - [`kind`]: command lines and jailed serving through `cordon-backends`.
 #![deny(missing_docs)]
@@ -16,6 +17,7 @@ pub mod device;
 pub mod disk;
 pub mod kind;
 pub mod options;
+pub mod pool;
 pub mod request;
 
 pub use backend::BlockBackend;

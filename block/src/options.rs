@@ -14,6 +14,10 @@ pub const MAX_NUM_QUEUES: u16 = 32;
 pub const DEFAULT_POLL_US: u32 = 50;
 /// Largest accepted busy-poll window, in microseconds.
 pub const MAX_POLL_US: u32 = 10_000;
+/// Default number of I/O threads per queue.
+pub const DEFAULT_IO_THREADS: u16 = 4;
+/// Largest accepted number of I/O threads per queue.
+pub const MAX_IO_THREADS: u16 = 64;
 /// Default virtqueue size offered to the frontend.
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 
@@ -21,7 +25,7 @@ pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum OptionError {
     /// A key that the block device does not know.
-    #[error("unknown block option `{0}`; accepted: vhost, path, ro (read-only), sparse, id, num-queues, direct, block-size, queue-size, poll-us")]
+    #[error("unknown block option `{0}`; accepted: vhost, path, ro (read-only), sparse, id, num-queues, direct, block-size, queue-size, poll-us, io-threads")]
     UnknownKey(String),
     /// A value that does not parse for its key.
     #[error("invalid value `{value}` for block option `{key}`: expected {expected}")]
@@ -63,6 +67,9 @@ pub struct BlockOptions {
     /// After completing a batch, busy-poll the queue this long (µs) before sleeping; 0 never
     /// polls.
     pub poll_us: u32,
+    /// I/O threads per queue for requests that may block (0..=[`MAX_IO_THREADS`]; 0 runs
+    /// every request on the queue thread, one after another).
+    pub io_threads: u16,
 }
 
 impl BlockOptions {
@@ -78,6 +85,7 @@ impl BlockOptions {
             block_size: 512,
             queue_size: DEFAULT_QUEUE_SIZE,
             poll_us: DEFAULT_POLL_US,
+            io_threads: DEFAULT_IO_THREADS,
         }
     }
 
@@ -127,6 +135,7 @@ impl BlockOptions {
                 "block-size" => o.block_size = parse_block_size(required(canon, value, "512")?)?,
                 "queue-size" => o.queue_size = parse_queue_size(required(canon, value, "256")?)?,
                 "poll-us" => o.poll_us = parse_poll_us(required(canon, value, "0..=10000")?)?,
+                "io-threads" => o.io_threads = parse_io_threads(required(canon, value, "0..=64")?)?,
                 _ => return Err(OptionError::UnknownKey(key.into())),
             }
         }
@@ -147,6 +156,7 @@ fn canonical_key(key: &str) -> Option<&'static str> {
         "block-size" | "block_size" => "block-size",
         "queue-size" | "queue_size" => "queue-size",
         "poll-us" | "poll_us" => "poll-us",
+        "io-threads" | "io_threads" => "io-threads",
         _ => return None,
     })
 }
@@ -238,6 +248,18 @@ pub fn parse_poll_us(v: &str) -> Result<u32, OptionError> {
     }
 }
 
+/// Validate `io-threads`.
+pub fn parse_io_threads(v: &str) -> Result<u16, OptionError> {
+    match v.parse::<u16>() {
+        Ok(n) if n <= MAX_IO_THREADS => Ok(n),
+        _ => Err(OptionError::InvalidValue {
+            key: "io-threads".into(),
+            value: v.into(),
+            expected: "an integer from 0 to 64 (0: no I/O threads)",
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +303,10 @@ mod tests {
         assert_eq!(e, OptionError::Missing("path"));
         let e = BlockOptions::from_key_values("path=/x,ro=maybe").unwrap_err();
         assert!(e.to_string().contains("ro"), "{e}");
+        let e = BlockOptions::from_key_values("path=/x,io-threads=65").unwrap_err();
+        assert!(e.to_string().contains("io-threads"), "{e}");
+        let (o, _) = BlockOptions::from_key_values("path=/x,io-threads=0").unwrap();
+        assert_eq!(o.io_threads, 0);
         let e = BlockOptions::from_key_values("path=/x,path=/y").unwrap_err();
         assert_eq!(e, OptionError::Duplicate("path".into()));
     }

@@ -59,11 +59,18 @@ pub struct Scratch {
 
 impl Default for Scratch {
     fn default() -> Self {
+        Scratch::with_bounce_limit(BOUNCE_LIMIT)
+    }
+}
+
+impl Scratch {
+    /// Empty buffers whose bounce buffer may grow up to `limit` bytes.
+    pub fn with_bounce_limit(limit: usize) -> Self {
         Scratch {
-            readable: Vec::with_capacity(64),
-            writable: Vec::with_capacity(64),
-            iov: IovVec(Vec::with_capacity(64)),
-            bounce: AlignedBuf::new(BOUNCE_LIMIT),
+            readable: Vec::with_capacity(16),
+            writable: Vec::with_capacity(16),
+            iov: IovVec(Vec::with_capacity(16)),
+            bounce: AlignedBuf::new(limit),
         }
     }
 }

@@ -268,3 +268,46 @@ fn restart_policy_restarts_then_gives_up() {
     );
     assert!(!a.exists(), "socket of a device given up not removed");
 }
+
+#[test]
+fn jail_pivot_root_dir_is_the_device_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("marker"), b"pivot root content").unwrap();
+    let rng = dir.path().join("rng.sock");
+    let mut d = cordon(&[
+        "--jail",
+        &format!("pivot-root={}", root.display()),
+        "--rng",
+        &format!("vhost={}", rng.display()),
+    ]);
+    let mut r = VhostUserDriver::connect(&rng, DriverConfig::new(1)).unwrap();
+    assert_eq!(r.request(0, &[], &[32], T).unwrap().len, 32);
+    // The serving (jailed) process sees DIR's content as / and nothing of the host.
+    let jailed: Vec<u32> = descendants(d.0.id())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/root/marker"))
+                .ok()
+                .as_deref()
+                == Some(&b"pivot root content"[..])
+        })
+        .collect();
+    assert!(!jailed.is_empty(), "no device process has DIR as its root");
+    for p in &jailed {
+        assert!(!Path::new(&format!("/proc/{p}/root/etc/passwd")).exists());
+        assert!(!Path::new(&format!("/proc/{p}/root/usr")).exists());
+    }
+    drop(r);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
+    let st = wait_exit(&mut d.0);
+    assert!(st.success(), "{st:?}: {}", stderr_of(&mut d.0));
+    // The host's DIR is unchanged.
+    let names: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("marker")]);
+}

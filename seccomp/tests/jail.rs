@@ -284,3 +284,53 @@ fn works_without_root_through_a_user_namespace() {
         "unprivileged jail (needs unprivileged user namespaces)"
     );
 }
+
+#[test]
+fn pivot_root_dir_becomes_the_root() {
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::write(root.path().join("marker"), b"inside").expect("write");
+    std::fs::create_dir(root.path().join("sub")).expect("mkdir");
+    std::fs::write(root.path().join("sub/file"), b"nested").expect("write");
+    // A bind mount still works on top of the pivot root.
+    let extra = tempfile::tempdir().expect("tempdir");
+    let shared = extra.path().join("shared.txt");
+    std::fs::write(&shared, b"bound").expect("write");
+    let shared2 = shared.clone();
+    let jail = Jail::new().pivot_root(root.path()).bind_ro(&shared);
+    let r = run(&jail, move || {
+        // The host outside DIR is gone.
+        if Path::new("/etc/passwd").exists() || Path::new("/usr").exists() {
+            return 2;
+        }
+        // DIR's content is at /.
+        match std::fs::read("/marker") {
+            Ok(b) if b == b"inside" => {}
+            _ => return 3,
+        }
+        match std::fs::read("/sub/file") {
+            Ok(b) if b == b"nested" => {}
+            _ => return 4,
+        }
+        match std::fs::read(&shared2) {
+            Ok(b) if b == b"bound" => {}
+            _ => return 5,
+        }
+        // Read-only: the jailed process cannot change DIR.
+        match std::fs::write("/marker", b"x") {
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => {}
+            _ => return 6,
+        }
+        0
+    });
+    assert_eq!(r, ChildExit::Exited(0));
+    assert_eq!(
+        std::fs::read(root.path().join("marker")).expect("marker"),
+        b"inside"
+    );
+    // A missing pivot root is a setup error naming it.
+    let gone = root.path().join("missing");
+    let Err(e) = Jail::new().pivot_root(&gone).fork_jailed(|| 0) else {
+        panic!("missing pivot root must fail");
+    };
+    assert!(e.to_string().contains("pivot root"), "{e}");
+}

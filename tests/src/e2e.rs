@@ -32,40 +32,91 @@ pub const CONSOLE_IN: &[u8] = b"HOST-IN!";
 const DISK_MB: u64 = 64;
 const FS_MB: u64 = 32;
 
-/// The L1 (or host) script: one network namespace holding the TAP, the host-side peers,
-/// `cordon devices` and `cordon run`.
-const SCRIPT: &str = r#"
-R=/run/cordon; mkdir -p $R
-cat > $R/inner.sh <<'INNER'
-R=/run/cordon
-ip link set lo up
-mkfifo $R/con.in; exec 3<>$R/con.in; : > $R/con.out
-echo "CORDON-E2E starting cordon devices"
-cordon devices \
-  --block vhost=$R/blk.sock,path=$CORDON_DIR/disk.img,id=cordon-disk \
+/// The guest's address on the TAP network (CIDR).
+pub const GUEST_IP: &str = "10.0.2.15/24";
+/// The host end of the TAP (`cordon devices --net ...,host-ip=`).
+pub const HOST_IP: &str = "10.0.2.1";
+
+/// Shell helpers of the full-stack scripts (`$R` is the run directory):
+/// `wait_sockets NAME...` waits up to 60 s for each `$R/NAME.sock`, or prints
+/// `$R/devices.log` and exits 1.
+pub const SH_HELPERS: &str = r#"
+wait_sockets() {
+  for s in "$@"; do
+    i=0; while [ ! -S $R/$s.sock ]; do
+      sleep 0.1; i=$((i+1))
+      if [ $i -gt 600 ]; then echo "CORDON-E2E $s backend did not listen"; sed 's/^/L1-DEVICES /' $R/devices.log; exit 1; fi
+    done
+  done
+}
+"#;
+
+/// Shell: starts one `cordon devices` tree in the background (its pid in `$devices`, its
+/// log in `$R/devices.log`) serving net (TAP `cordon0`, host address [`HOST_IP`]), rng,
+/// vsock (CID 3, host sockets `$R/vsock_<port>`), a virtio-console (output to
+/// `$R/con.out`, input from the fifo `$R/con.in`) and, with `block`, the disk
+/// `$CORDON_DIR/disk.img`; sockets `$R/{blk,net,rng,vsock,con}.sock`. Waits until they
+/// listen.
+pub fn start_devices(block: bool) -> String {
+    let blk = if block {
+        "--block vhost=$R/blk.sock,path=$CORDON_DIR/disk.img,id=cordon-disk "
+    } else {
+        ""
+    };
+    let wait = if block {
+        "blk rng vsock net con"
+    } else {
+        "rng vsock net con"
+    };
+    format!(
+        r#"for s in {wait}; do rm -f $R/$s.sock; done
+[ -p $R/con.in ] || mkfifo $R/con.in; exec 3<>$R/con.in; : > $R/con.out
+cordon devices {blk}\
   --rng vhost=$R/rng.sock \
   --vsock vhost=$R/vsock.sock,cid=3,uds-path=$R/vsock \
-  --net vhost=$R/net.sock,tap-name=cordon0,host-ip=10.0.2.1,netmask=255.255.255.0 \
+  --net vhost=$R/net.sock,tap-name=cordon0,host-ip={HOST_IP},netmask=255.255.255.0 \
   --serial vhost=$R/con.sock,type=file,path=$R/con.out,input=$R/con.in,hardware=virtio-console \
   > $R/devices.log 2>&1 &
 devices=$!
-for s in blk rng vsock net con; do
-  i=0; while [ ! -S $R/$s.sock ]; do
-    sleep 0.1; i=$((i+1))
-    if [ $i -gt 600 ]; then echo "CORDON-E2E $s backend did not listen"; sed 's/^/L1-DEVICES /' $R/devices.log; exit 1; fi
-  done
-done
+wait_sockets {wait}
+"#
+    )
+}
+
+/// Shell: the `cordon run` command (no redirections) booting `$L2_KERNEL`/`$L2_INITRD`
+/// with command line `cmdline` (e.g. `"$L2_CMDLINE"`) on the five sockets of
+/// [`start_devices`] (`$R/blk.sock` may be served by a peer), control socket `$R/vmm.sock`.
+pub fn cordon_run(cmdline: &str) -> String {
+    format!(
+        r#"cordon run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --params {cmdline} --mem 512 \
+  --no-console-input -s $R/vmm.sock \
+  --vhost-user type=block,socket=$R/blk.sock --vhost-user type=net,socket=$R/net.sock \
+  --vhost-user type=rng,socket=$R/rng.sock --vhost-user type=vsock,socket=$R/vsock.sock \
+  --vhost-user type=console,socket=$R/con.sock"#
+    )
+}
+
+/// The L1 (or host) script running `inner` in a new network namespace (for the TAP), with
+/// `R=/run/cordon`, [`SH_HELPERS`] defined and `lo` up; `env` (`VAR=value ...`) is set
+/// for it.
+pub fn in_netns(inner: &str, env: &str) -> String {
+    format!(
+        "R=/run/cordon; mkdir -p $R\ncat > $R/inner.sh <<'INNER'\nR=/run/cordon\n{SH_HELPERS}\
+         ip link set lo up\n{inner}\nINNER\n{env} unshare -n sh $R/inner.sh\n"
+    )
+}
+
+/// The body of the end-to-end script (inside [`in_netns`]): the devices, the host-side
+/// peers, `cordon run`, then the jail facts of every device process.
+const INNER: &str = r#"echo "CORDON-E2E starting cordon devices"
+__START_DEVICES__
 echo "CORDON-E2E backends listening: $(ls $R | tr '\n' ' ')"
 # Host-side peers.
 nc -ll -p 7000 -e cat &
 cordon-guest-agent --peer unix-echo $R/vsock_7001 &
 cordon-guest-agent --peer vsock-connect $R/vsock 7002 $VSOCK_HOST_LEN &
 ( while ! grep -q GUEST-OUT $R/con.out; do sleep 0.2; done; printf 'HOST-IN!' >&3 ) &
-cordon run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --params "$L2_CMDLINE" --mem 512 \
-  --no-console-input -s $R/vmm.sock \
-  --vhost-user type=block,socket=$R/blk.sock --vhost-user type=net,socket=$R/net.sock \
-  --vhost-user type=rng,socket=$R/rng.sock --vhost-user type=vsock,socket=$R/vsock.sock \
-  --vhost-user type=console,socket=$R/con.sock
+__CORDON_RUN__
 rc=$?
 echo "CORDON-E2E cordon run exited $rc"
 for kid in $(cat /proc/$devices/task/$devices/children 2>/dev/null); do
@@ -75,10 +126,15 @@ done
 kill $devices; wait $devices; echo "CORDON-E2E cordon devices exited $?"
 echo "CORDON-E2E-CONSOLE-OUT $(od -An -tx1 $R/con.out | tr -d ' \n')"
 sed 's/^/L1-DEVICES /' $R/devices.log
-exit $rc
-INNER
-VSOCK_HOST_LEN=__VSOCK_HOST_LEN__ unshare -n sh $R/inner.sh
-"#;
+exit $rc"#;
+
+/// The L1 (or host) script of the end-to-end run.
+fn script() -> String {
+    let inner = INNER
+        .replace("__START_DEVICES__", &start_devices(true))
+        .replace("__CORDON_RUN__", &cordon_run("\"$L2_CMDLINE\""));
+    in_netns(&inner, &format!("VSOCK_HOST_LEN={VSOCK_HOST_LEN}"))
+}
 
 /// The guest's checks: every device.
 pub fn guest_checks() -> Vec<Check> {
@@ -90,11 +146,11 @@ pub fn guest_checks() -> Vec<Check> {
         Check::blk_flush("vda"),
         Check::hwrng(32),
         Check::new("net-ping")
-            .arg("ip", "10.0.2.15/24")
-            .arg("peer", "10.0.2.1"),
+            .arg("ip", GUEST_IP)
+            .arg("peer", HOST_IP),
         Check::new("net-tcp")
-            .arg("ip", "10.0.2.15/24")
-            .arg("peer", "10.0.2.1")
+            .arg("ip", GUEST_IP)
+            .arg("peer", HOST_IP)
             .arg("port", 7000)
             .bytes("send", TCP_PAYLOAD)
             .bytes("expect", TCP_PAYLOAD),
@@ -194,7 +250,7 @@ pub fn run_full_stack(name: &str) -> Result<Outcome> {
         .static_bin("cordon", "cordon")?
         .static_bin("cordon-guest-agent", "cordon-guest-agent")?
         .file("disk.img", &disk)
-        .script(&SCRIPT.replace("__VSOCK_HOST_LEN__", &VSOCK_HOST_LEN.to_string()))
+        .script(&script())
         .l2_checks(&guest_checks())
         .allow_failures();
     let mode = runner.current_mode();

@@ -363,11 +363,17 @@ impl VhostUserBackend {
         if offset as usize + data.len() > 256 {
             return;
         }
+        // Always read from offset 0 and slice here: QEMU's backends (libvhost-user,
+        // qemu-storage-daemon's vhost-user-blk export) ignore the offset and copy the
+        // config from its start, so a read of one field at its offset would return the
+        // wrong bytes (virtio_blk then saw num_queues = 0 and failed its probe).
+        let start = offset as usize;
+        let end = start + data.len();
         match self
             .conn()
-            .and_then(|c| c.get_config(offset, data.len()).map_err(proto))
+            .and_then(|c| c.get_config(0, end).map_err(proto))
         {
-            Ok(v) if v.len() == data.len() => data.copy_from_slice(&v),
+            Ok(v) if v.len() == end => data.copy_from_slice(&v[start..end]),
             Ok(_) => {}
             Err(e) => log::debug!("{} GET_CONFIG: {e}", self.kind.name()),
         }

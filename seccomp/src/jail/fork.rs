@@ -104,7 +104,7 @@ impl Jail {
     /// the closure may still run. Call from a process whose other threads hold no locks the
     /// closure needs (fork copies only the calling thread).
     pub fn fork_jailed<F: FnOnce() -> i32>(&self, f: F) -> Result<JailedChild, JailError> {
-        let plan = mounts::MountPlan::prepare(&self.binds)?;
+        let plan = mounts::MountPlan::prepare(&self.binds, self.root_dir.as_deref())?;
         let mut p = [0 as RawFd; 2];
         // SAFETY: `p` is a valid out-array of two fds.
         if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {

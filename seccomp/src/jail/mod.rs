@@ -12,8 +12,8 @@
 //! ```
 //!
 //! [`Jail::enter`] jails the *calling* process: new user (when not root), mount, IPC, UTS,
-//! PID and (unless disabled) network namespaces; pivot_root into an empty read-only tmpfs
-//! holding only the declared bind mounts; rlimits; every fd but stdio and the kept ones
+//! PID and (unless disabled) network namespaces; pivot_root into an empty read-only tmpfs (or
+//! the read-only [`Jail::pivot_root`] directory) holding the declared bind mounts; rlimits; every fd but stdio and the kept ones
 //! closed; all capabilities dropped; no_new_privs; the seccomp filter last. The caller must be
 //! single-threaded (the kernel refuses to unshare a mount namespace of a threaded process).
 //! A new PID namespace only applies to processes forked afterwards, so `enter` leaves the
@@ -60,6 +60,7 @@ pub struct Rlimit {
 #[derive(Clone, Debug)]
 pub struct Jail {
     binds: Vec<Bind>,
+    root_dir: Option<PathBuf>,
     keep_fds: Vec<RawFd>,
     net_ns: bool,
     policy: Option<BpfProgram>,
@@ -113,6 +114,7 @@ impl Jail {
     pub fn new() -> Self {
         Jail {
             binds: Vec::new(),
+            root_dir: None,
             keep_fds: Vec::new(),
             net_ns: true,
             policy: None,
@@ -145,6 +147,15 @@ impl Jail {
             dst: dst.as_ref().to_path_buf(),
             writable,
         });
+        self
+    }
+
+    /// Use host directory `dir` (which must exist) as the jail's root, read-only, instead of an
+    /// empty tmpfs: crosvm's `--jail pivot-root=DIR`, minijail's `-P DIR`. The jailed process
+    /// sees `dir`'s content as `/` plus the bind mounts (whose missing mount points are created
+    /// in `dir`), and nothing else of the host.
+    pub fn pivot_root(mut self, dir: impl AsRef<Path>) -> Self {
+        self.root_dir = Some(dir.as_ref().to_path_buf());
         self
     }
 
@@ -205,7 +216,7 @@ impl Jail {
             self.net_ns,
             self.policy.is_some()
         );
-        let plan = mounts::MountPlan::prepare(&self.binds)?;
+        let plan = mounts::MountPlan::prepare(&self.binds, self.root_dir.as_deref())?;
         ns::unshare_all(self.net_ns)?;
         ns::set_hostname(&self.hostname)?;
         plan.apply()?;

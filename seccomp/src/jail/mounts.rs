@@ -1,4 +1,5 @@
-//! The jail's filesystem: an empty tmpfs root holding only the declared bind mounts.
+//! The jail's filesystem: an empty tmpfs root (or, like minijail's `-P DIR`, a host directory
+//! bound read-only as the root) holding the declared bind mounts.
 
 use super::{Bind, JailError};
 use std::ffi::CString;
@@ -9,6 +10,8 @@ use std::path::{Component, Path, PathBuf};
 /// Bind mounts checked and converted before any namespace change.
 pub(super) struct MountPlan {
     root: PathBuf,
+    /// Host directory to use as the root instead of an empty tmpfs.
+    root_dir: Option<PathBuf>,
     binds: Vec<(Bind, bool)>,
 }
 
@@ -89,8 +92,24 @@ fn jail_root_dir() -> PathBuf {
 }
 
 impl MountPlan {
-    /// Checks every bind source exists and every destination is absolute.
-    pub(super) fn prepare(binds: &[Bind]) -> Result<Self, JailError> {
+    /// Checks every bind source exists and every destination is absolute, and that
+    /// `root_dir` (if any) is a directory.
+    pub(super) fn prepare(binds: &[Bind], root_dir: Option<&Path>) -> Result<Self, JailError> {
+        let root_dir = match root_dir {
+            None => None,
+            Some(d) => {
+                let what = || format!("pivot root {}", d.display());
+                let canon = d.canonicalize().map_err(|e| JailError::new(what(), e))?;
+                if !canon.is_dir() {
+                    return Err(JailError::new(
+                        what(),
+                        io::Error::new(io::ErrorKind::InvalidInput, "not a directory"),
+                    ));
+                }
+                cstr(&canon)?;
+                Some(canon)
+            }
+        };
         let mut out = Vec::new();
         for b in binds {
             let meta = std::fs::metadata(&b.src)
@@ -109,12 +128,13 @@ impl MountPlan {
         }
         Ok(MountPlan {
             root: jail_root_dir(),
+            root_dir,
             binds: out,
         })
     }
 
-    /// In the new mount namespace: private propagation, tmpfs root, bind mounts, read-only
-    /// root, pivot_root, detach the old root.
+    /// In the new mount namespace: private propagation, tmpfs root (or the pivot root
+    /// directory bound), bind mounts, read-only root, pivot_root, detach the old root.
     pub(super) fn apply(&self) -> Result<(), JailError> {
         mount(
             None,
@@ -128,13 +148,25 @@ impl MountPlan {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(JailError::new(format!("mkdir {}", self.root.display()), e)),
         }
-        mount(
-            Some(Path::new("tmpfs")),
-            &self.root,
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            Some("mode=0755,size=1m,nr_inodes=4096"),
-        )?;
+        match &self.root_dir {
+            // The host directory becomes the root (a bind mount in this private namespace;
+            // the host's view of it is untouched). Missing bind mount points are created in it,
+            // as minijail does.
+            Some(dir) => mount(
+                Some(dir),
+                &self.root,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            )?,
+            None => mount(
+                Some(Path::new("tmpfs")),
+                &self.root,
+                Some("tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                Some("mode=0755,size=1m,nr_inodes=4096"),
+            )?,
+        }
         for (b, is_dir) in &self.binds {
             let rel = b.dst.strip_prefix("/").unwrap_or(&b.dst);
             let target = self.root.join(rel);
@@ -170,6 +202,11 @@ impl MountPlan {
                 mount(None, &target, None, flags, None)?;
             }
         }
+        let locked = if self.root_dir.is_some() {
+            locked_flags(&self.root)
+        } else {
+            0
+        };
         mount(
             None,
             &self.root,
@@ -179,7 +216,8 @@ impl MountPlan {
                 | libc::MS_RDONLY
                 | libc::MS_NOSUID
                 | libc::MS_NODEV
-                | libc::MS_NOEXEC,
+                | libc::MS_NOEXEC
+                | locked,
             None,
         )?;
         pivot(&self.root)

@@ -5,8 +5,12 @@
 //! timeout, prints one `CORDON-RESULT {json}` line per check on the console and, with
 //! `--poweroff`, ends the guest (power-off, or reboot with `cordon.exit=reboot`). `--checks SPEC` runs a plan given as an argument
 //! instead (handy on a host for trying a check).
+//!
+//! Benchmark mode: the `bench-*` checks (see [`bench`]) run workloads and report figures
+//! in their result data; `--peer sink|send ...` are their host-side ends.
 #![deny(missing_docs)]
 
+mod bench;
 mod checks;
 mod hex;
 mod peer;

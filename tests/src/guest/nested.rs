@@ -34,6 +34,10 @@ pub const STAND_IN_VMM: &str = r#"qemu-system-x86_64 -L /usr/share/qemu -M micro
 /// devices of net backends running in L1.
 pub const L1_MODULES: &[&str] = &["kvm_amd", "tun"];
 
+/// How L2 ends: the VMM may have no ACPI, so the agent resets through the i8042, which
+/// Cordon's VMM exits on (QEMU microvm, without i8042, falls back to a triple fault).
+const L2_EXIT: &str = "reboot=k cordon.exit=reboot";
+
 /// Default timeout of a whole nested run (`CORDON_GUEST_TIMEOUT` seconds overrides).
 pub const NESTED_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -81,6 +85,8 @@ pub struct NestedRunner {
     l1_memory_mb: u32,
     name: Option<String>,
     allow_failures: bool,
+    extra_plans: Vec<(String, String, Vec<Check>)>,
+    host_bins: Vec<PathBuf>,
 }
 
 impl NestedRunner {
@@ -102,6 +108,8 @@ impl NestedRunner {
             l1_memory_mb: 2048,
             name: None,
             allow_failures: false,
+            extra_plans: Vec::new(),
+            host_bins: Vec::new(),
         })
     }
 
@@ -126,6 +134,23 @@ impl NestedRunner {
     pub fn l2_checks(mut self, cs: &[Check]) -> Self {
         self.l2_checks.extend_from_slice(cs);
         self
+    }
+
+    /// A further L2 plan for scripts that boot L2 more than once: its command line is
+    /// exported as `L2_CMDLINE_<VAR>` (VAR: upper-case letters, digits, `_`), its results
+    /// are labelled `vm` (and the run fails unless that agent finished; see
+    /// [`l2_expected`](Self::l2_expected) for the default `l2` plan).
+    pub fn l2_plan(mut self, var: &str, vm: &str, cs: &[Check]) -> Self {
+        self.extra_plans.push((var.into(), vm.into(), cs.to_vec()));
+        self
+    }
+
+    /// Carries a dynamically linked host program (found on `PATH`) with its shared
+    /// libraries into L1 as `$CORDON_DIR/bin/<name>`: peers such as qemu-storage-daemon.
+    /// In direct mode the host's own copy is used.
+    pub fn host_bin(mut self, name: &str) -> Result<Self> {
+        self.host_bins.push(tool(name)?);
+        Ok(self)
     }
 
     /// Copies a host file to `$CORDON_DIR/<dest>` (an image, a config).
@@ -202,13 +227,41 @@ impl NestedRunner {
 
     fn header(&self, dir: &str, kernel: &str, initrd: &str) -> Result<String> {
         let l2 = GuestRunner::tcg().checks(&self.l2_checks);
-        // The L2 VMM may have no ACPI: the agent ends L2 with an i8042 reset, which Cordon's
-        // VMM exits on (QEMU microvm, without i8042, falls back to a triple fault).
-        let cmdline = l2.cmdline_with("l2", "reboot=k cordon.exit=reboot")?;
-        Ok(format!(
+        let cmdline = l2.cmdline_with("l2", L2_EXIT)?;
+        let mut h = format!(
             "export CORDON_DIR={dir} L2_KERNEL={kernel} L2_INITRD={initrd}\n\
              export L2_CMDLINE='{cmdline}'\nexport PATH=\"$CORDON_DIR/bin:$PATH\"\n"
-        ))
+        );
+        for (var, vm, checks) in &self.extra_plans {
+            let ok = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_';
+            if var.is_empty() || !var.chars().all(ok) {
+                bail!("l2_plan: variable suffix {var:?} must be A-Z, 0-9 or _");
+            }
+            if !vm.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                bail!("l2_plan: vm label {vm:?} must be letters, digits or -");
+            }
+            let line = GuestRunner::tcg()
+                .checks(checks)
+                .cmdline_with(vm, L2_EXIT)?;
+            h.push_str(&format!("export L2_CMDLINE_{var}='{line}'\n"));
+        }
+        Ok(h)
+    }
+
+    /// The L2 agents the run expects to finish: each [`l2_plan`](Self::l2_plan), and `l2`
+    /// unless the run has extra plans but no [`l2_checks`](Self::l2_checks) (a script that
+    /// boots only its own plans).
+    fn l2_expected(&self) -> Vec<(String, usize)> {
+        let mut v = Vec::new();
+        if self.extra_plans.is_empty() || !self.l2_checks.is_empty() {
+            v.push(("l2".to_string(), self.l2_checks.len()));
+        }
+        v.extend(
+            self.extra_plans
+                .iter()
+                .map(|(_, vm, cs)| (vm.clone(), cs.len())),
+        );
+        v
     }
 
     fn script_body(&self) -> &str {
@@ -246,6 +299,10 @@ impl NestedRunner {
         if self.carry_qemu {
             add_qemu(&mut c)?;
         }
+        for b in &self.host_bins {
+            let name = b.file_name().unwrap_or_default().to_string_lossy();
+            add_host_binary(&mut c, b, &format!("cordon/bin/{name}"))?;
+        }
         let script = format!(
             "{}{}",
             self.header("/cordon", "/cordon/l2/vmlinuz", "/cordon/l2/initrd")?,
@@ -265,7 +322,7 @@ impl NestedRunner {
         }
         g.exact_name = true;
         g.vm = "l1".into();
-        g.also_expect = vec![("l2".into(), self.l2_checks.len())];
+        g.also_expect = self.l2_expected();
         g.required_lines = vec!["CORDON-SCRIPT-DONE rc=0".into()];
         let r = g.spawn()?.finish();
         let _ = std::fs::remove_file(&l1_initrd);
@@ -290,6 +347,11 @@ impl NestedRunner {
         }
         if self.carry_qemu {
             tool("qemu-system-x86_64")?;
+        }
+        for b in &self.host_bins {
+            let name = b.file_name().unwrap_or_default();
+            std::fs::copy(b, w.join("bin").join(name))
+                .with_context(|| format!("copying {}", b.display()))?;
         }
         let header = self.header(
             &w.display().to_string(),
@@ -318,21 +380,29 @@ impl NestedRunner {
             g = g.allow_failures();
         }
         g.vm = String::new();
-        g.also_expect = vec![("l2".into(), self.l2_checks.len())];
+        g.also_expect = self.l2_expected();
         g.required_lines = vec!["CORDON-SCRIPT-DONE rc=0".into()];
         g.running(child, log, vmm_log).finish()
     }
 }
 
-/// Adds QEMU (the stand-in VMM), its shared libraries and the microvm firmware to L1.
-fn add_qemu(c: &mut Cpio) -> Result<()> {
-    let qemu = tool("qemu-system-x86_64")?;
-    c.file("bin/qemu-system-x86_64", 0o755, &std::fs::read(&qemu)?);
-    let ldd = run(Command::new("ldd").arg(&qemu))?;
+/// Adds a dynamically linked program as `dest` and its shared libraries (as `ldd` lists
+/// them, at the same absolute paths) to L1.
+fn add_host_binary(c: &mut Cpio, prog: &Path, dest: &str) -> Result<()> {
+    let data = std::fs::read(prog).with_context(|| format!("reading {}", prog.display()))?;
+    c.file(dest, 0o755, &data);
+    let ldd = run(Command::new("ldd").arg(prog))?;
     for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
         let data = std::fs::read(lib).with_context(|| format!("reading {lib}"))?;
         c.file(lib, 0o755, &data);
     }
+    Ok(())
+}
+
+/// Adds QEMU (the stand-in VMM), its shared libraries and the microvm firmware to L1.
+fn add_qemu(c: &mut Cpio) -> Result<()> {
+    let qemu = tool("qemu-system-x86_64")?;
+    add_host_binary(c, &qemu, "bin/qemu-system-x86_64")?;
     for (src, dest) in [
         (
             "/usr/share/seabios/bios-microvm.bin",

@@ -14,21 +14,29 @@ pub struct QsdBlk {
     pub socket: PathBuf,
 }
 
+/// qemu-storage-daemon's arguments serving `image` (raw file, writable, discard=unmap,
+/// host page cache used) as a vhost-user-blk export on `socket`. Shared by [`QsdBlk`] and
+/// scripts that start it elsewhere (the in-guest benchmark's L1).
+pub fn qsd_blk_args(image: &str, socket: &str) -> [String; 4] {
+    [
+        "--blockdev".into(),
+        format!("driver=file,node-name=f,filename={image},discard=unmap,cache.direct=off"),
+        "--export".into(),
+        format!(
+            "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={socket},writable=on"
+        ),
+    ]
+}
+
 impl QsdBlk {
     /// Serves `image` (raw, writable, discard=unmap) on `socket`; returns once the socket exists.
     pub fn start(image: &Path, socket: &Path) -> Result<Self> {
         let qsd = tool("qemu-storage-daemon")?;
         let _ = std::fs::remove_file(socket);
         let mut child = Command::new(qsd)
-            .arg("--blockdev")
-            .arg(format!(
-                "driver=file,node-name=f,filename={},discard=unmap,cache.direct=off",
-                image.display()
-            ))
-            .arg("--export")
-            .arg(format!(
-                "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on",
-                socket.display()
+            .args(qsd_blk_args(
+                &image.display().to_string(),
+                &socket.display().to_string(),
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

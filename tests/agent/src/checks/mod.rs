@@ -1,5 +1,6 @@
 //! The named checks the agent can run.
 
+mod bench;
 mod blk;
 mod console;
 mod fs;
@@ -31,6 +32,9 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("net-tcp-listen", stream::tcp_listen),
     ("vsock-connect", stream::vsock_connect),
     ("vsock-listen", stream::vsock_listen),
+    ("bench-blk", bench::blk),
+    ("bench-send", bench::send),
+    ("bench-recv", bench::recv),
 ];
 
 /// Looks a check up by name.

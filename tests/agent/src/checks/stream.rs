@@ -24,7 +24,7 @@ pub fn net_up(c: &CheckSpec) -> Result<String, String> {
     let ip = c.str_or("ip", "10.0.2.15/24");
     run("ip", &["link", "set", "dev", &iface, "up"])?;
     if let Err(e) = run("ip", &["addr", "add", &ip, "dev", &iface]) {
-        if !e.contains("exists") {
+        if !(e.contains("exists") || e.contains("already assigned")) {
             return Err(e);
         }
     }
@@ -113,7 +113,8 @@ fn receive<S: Read>(s: &mut S, c: &CheckSpec) -> Result<Vec<u8>, String> {
     }
 }
 
-fn retry<T>(what: &str, mut f: impl FnMut() -> std::io::Result<T>) -> Result<T, String> {
+/// Retries `f` for [`CONNECT_RETRY`] while it fails (the peer is not listening yet).
+pub(crate) fn retry<T>(what: &str, mut f: impl FnMut() -> std::io::Result<T>) -> Result<T, String> {
     let start = Instant::now();
     loop {
         match f() {
@@ -168,17 +169,15 @@ fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
 
 const VM_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
 
-fn shut_write(f: &File) {
+/// Half-closes a socket held as a `File`.
+pub(crate) fn shut_write(f: &File) {
     // SAFETY: shutdown(2) on an open socket fd.
     unsafe { libc::shutdown(f.as_raw_fd(), libc::SHUT_WR) };
 }
 
-/// `vsock-connect:cid=2:port=N[:send=HEX][:expect=HEX]`: connects to the host (or `cid`),
-/// sends, half-closes, reads the reply to EOF.
-pub fn vsock_connect(c: &CheckSpec) -> Result<Outcome, String> {
-    let cid = c.u64_or("cid", 2)? as u32;
-    let port = c.u64_or("port", 7000)? as u32;
-    let f = retry(&format!("vsock connect {cid}:{port}"), || {
+/// Connects a vsock stream to `cid:port`, retrying while nobody listens.
+pub(crate) fn vsock_connect_stream(cid: u32, port: u32) -> Result<File, String> {
+    retry(&format!("vsock connect {cid}:{port}"), || {
         let s = vsock_socket().map_err(std::io::Error::other)?;
         let a = vsock_addr(cid, port);
         // SAFETY: a is a valid sockaddr_vm of VM_LEN bytes.
@@ -193,14 +192,21 @@ pub fn vsock_connect(c: &CheckSpec) -> Result<Outcome, String> {
             return Err(std::io::Error::last_os_error());
         }
         Ok(File::from(s))
-    })?;
+    })
+}
+
+/// `vsock-connect:cid=2:port=N[:send=HEX][:expect=HEX]`: connects to the host (or `cid`),
+/// sends, half-closes, reads the reply to EOF.
+pub fn vsock_connect(c: &CheckSpec) -> Result<Outcome, String> {
+    let cid = c.u64_or("cid", 2)? as u32;
+    let port = c.u64_or("port", 7000)? as u32;
+    let f = vsock_connect_stream(cid, port)?;
     exchange(f, shut_write, c)
 }
 
-/// `vsock-listen:port=N[:expect=HEX]`: accepts one connection from the host, reads to EOF,
-/// echoes the bytes back.
-pub fn vsock_listen(c: &CheckSpec) -> Result<Outcome, String> {
-    let port = c.u64_or("port", 7000)? as u32;
+/// Listens on vsock `port` (any CID), prints `CORDON-LISTENING vsock port=N`, accepts one
+/// stream.
+pub(crate) fn vsock_accept(port: u32) -> Result<File, String> {
     let s = vsock_socket()?;
     let a = vsock_addr(libc::VMADDR_CID_ANY, port);
     // SAFETY: a is a valid sockaddr_vm of VM_LEN bytes.
@@ -235,6 +241,13 @@ pub fn vsock_listen(c: &CheckSpec) -> Result<Outcome, String> {
         return Err(format!("vsock accept: {}", std::io::Error::last_os_error()));
     }
     // SAFETY: fd was just returned by accept4 and is owned by nobody else.
-    let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// `vsock-listen:port=N[:expect=HEX]`: accepts one connection from the host, reads to EOF,
+/// echoes the bytes back.
+pub fn vsock_listen(c: &CheckSpec) -> Result<Outcome, String> {
+    let port = c.u64_or("port", 7000)? as u32;
+    let f = vsock_accept(port)?;
     echo(f, c)
 }
