@@ -16,16 +16,16 @@
 //! Where it hooks in: rust-vmm's `vhost-user-backend` refuses both messages, so the serving
 //! loop puts a small message proxy ([`crate::intercept`]) in front of its daemon for devices
 //! that offer the feature; the proxy answers the two messages from this module and passes
-//! everything else through. The queue side is [`Tracker`]: devices pop and return chains
-//! through it ([`crate::queue::process_queue`] does), and [`crate::served::Served`] binds each
+//! everything else through. The queue side is [`Tracker`]: the queue layer's
+//! [`crate::queue::pop_chain`], [`crate::queue::add_used`] and
+//! [`crate::queue::process_queue`] go through it, and [`crate::served::Served`] binds each
 //! started queue to its region and recovers it (see [`Inflight::bind`]).
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{fence, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
@@ -373,6 +373,8 @@ struct QueueTrack {
     desc_table: Option<u64>,
     size: u16,
     counter: u64,
+    /// Heads to run again before any new available chain, in counter order.
+    resubmit: std::collections::VecDeque<u16>,
 }
 
 /// Inflight state of one frontend connection, shared by the message proxy, the `Served`
@@ -469,21 +471,23 @@ impl Inflight {
     /// seen (or after its rings moved): recovers what a previous backend left in flight and
     /// points the queue's next available and next used indices at the used index, so the
     /// in-flight requests are popped again, in order, before new ones.
-    pub fn bind(&self, index: usize, vring: &VringRwLock) {
+    pub fn bind(self: &Arc<Self>, index: usize, vring: &VringRwLock) {
         let Some(region) = lock(&self.region).clone() else {
             return;
         };
+        let key = vring_key(vring);
+        // Lock order everywhere: the vring, then the queue's tracking state.
+        let mut state = vring.get_mut();
         let Some(slot) = self.queues.get(index) else {
             return;
         };
         let mut t = lock(slot);
-        let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
         if !queue.ready() {
             return;
         }
         let desc_table = queue.desc_table();
-        if t.desc_table == Some(desc_table) && t.region.is_some() {
+        if t.desc_table == Some(desc_table) {
             return;
         }
         let Ok(qi) = u16::try_from(index) else { return };
@@ -515,64 +519,70 @@ impl Inflight {
             m.read_obj::<u16>(GuestAddress(at)).ok().map(u16::from_le)
         };
         let (rec, counter) = recover_queue(&region, qi, size, ring_used.0, avail);
-        if !rec.resubmit.is_empty() {
+        let n = rec.resubmit.len() as u16;
+        if n > 0 {
             log::info!(
-                "{}: queue {index}: re-running {} in-flight request(s) from used index {} (heads {:?}{})",
+                "{}: queue {index}: re-running {n} in-flight request(s) (heads {:?}{}) before new ones",
                 self.name,
-                rec.resubmit.len(),
-                rec.used_idx,
                 rec.resubmit,
-                if rec.in_order { "" } else { ", not the next available entries: completed out of order" }
+                if rec.in_order { "" } else { ", completed out of order before the crash" }
             );
-            queue.set_next_avail(rec.used_idx);
         }
+        // Every chain popped before was either used or is in flight.
+        queue.set_next_avail(rec.used_idx.wrapping_add(n));
         queue.set_next_used(rec.used_idx);
         *t = QueueTrack {
             region: Some(region),
             desc_table: Some(desc_table),
             size,
             counter,
+            resubmit: rec.resubmit.into_iter().collect(),
         };
-    }
-
-    /// The tracker of the bound queue whose descriptor table is at `desc_table`.
-    fn tracker(self: &Arc<Self>, desc_table: u64) -> Tracker {
-        for (i, q) in self.queues.iter().enumerate() {
-            let t = lock(q);
-            if t.region.is_some() && t.desc_table == Some(desc_table) {
-                return Tracker {
-                    slot: Some((self.clone(), i)),
-                };
-            }
-        }
-        Tracker { slot: None }
+        drop(t);
+        drop(state);
+        register(key, self, index);
     }
 }
 
-thread_local! {
-    static CURRENT: RefCell<Option<Arc<Inflight>>> = const { RefCell::new(None) };
+/// Identity of a vring (the address of its shared state) while it lives.
+fn vring_key(vring: &VringRwLock) -> usize {
+    let guard = vring.get_ref();
+    &*guard as *const _ as usize
 }
 
-/// Runs `f` with `inflight` as the current connection's state on this (worker) thread, so
-/// that [`tracker`] finds it.
-pub fn with_current<R>(inflight: Option<Arc<Inflight>>, f: impl FnOnce() -> R) -> R {
-    let prev = CURRENT.with(|c| c.replace(inflight));
-    let r = f();
-    CURRENT.with(|c| *c.borrow_mut() = prev);
-    r
+struct Binding {
+    key: usize,
+    inflight: Weak<Inflight>,
+    index: usize,
 }
 
-/// The inflight tracker of `queue` for the current connection (a no-op tracker when the
-/// frontend did not set up an inflight region, or outside a worker event).
-pub fn tracker<Q: QueueT>(queue: &Q) -> Tracker {
-    let desc_table = queue.desc_table();
-    CURRENT.with(|c| match &*c.borrow() {
-        Some(inf) => inf.tracker(desc_table),
-        None => Tracker { slot: None },
-    })
+/// Bound vrings of the live connections (one in a jailed device process).
+static BOUND: Mutex<Vec<Binding>> = Mutex::new(Vec::new());
+
+fn register(key: usize, inflight: &Arc<Inflight>, index: usize) {
+    let mut b = lock(&BOUND);
+    b.retain(|x| x.key != key && x.inflight.strong_count() > 0);
+    b.push(Binding {
+        key,
+        inflight: Arc::downgrade(inflight),
+        index,
+    });
 }
 
-/// Records pops and completions of one queue in the inflight region.
+/// The inflight tracker of `vring` (a no-op tracker when its connection has no inflight
+/// region). Call without holding the vring's lock.
+pub fn tracker(vring: &VringRwLock) -> Tracker {
+    let key = vring_key(vring);
+    let b = lock(&BOUND);
+    let slot = b
+        .iter()
+        .find(|x| x.key == key)
+        .and_then(|x| x.inflight.upgrade().map(|i| (i, x.index)));
+    Tracker { slot }
+}
+
+/// Records pops and completions of one queue in the inflight region, and hands out the
+/// chains to re-run first after a reconnect.
 pub struct Tracker {
     slot: Option<(Arc<Inflight>, usize)>,
 }
@@ -588,15 +598,16 @@ impl Tracker {
         self.slot.is_some()
     }
 
-    fn with(&self, f: impl FnOnce(&Region, u16, &mut QueueTrack)) {
+    fn with<R: Default>(&self, f: impl FnOnce(&Region, u16, &mut QueueTrack) -> R) -> R {
         if let Some((inf, i)) = &self.slot {
             if let Some(q) = inf.queues.get(*i) {
                 let mut t = lock(q);
                 if let Some(region) = t.region.clone() {
-                    f(&region, *i as u16, &mut t);
+                    return f(&region, *i as u16, &mut t);
                 }
             }
         }
+        R::default()
     }
 
     /// Marks `head` in flight (call right after popping it).
@@ -633,31 +644,77 @@ impl Tracker {
         });
     }
 
-    /// Pops the next available chain of `queue` and marks it in flight.
-    pub fn pop<Q, M>(&self, queue: &mut Q, mem: M) -> Option<DescriptorChain<M>>
+    fn next_resubmit(&self) -> Option<u16> {
+        self.with(|_, _, t| t.resubmit.pop_front())
+    }
+
+    /// Pops the next chain of `vring` and marks it in flight: first the chains a previous
+    /// backend left in flight (in their original order), then the available ones.
+    pub fn pop<M>(&self, vring: &VringRwLock, mem: M) -> Option<DescriptorChain<M>>
     where
-        Q: QueueT,
         M: std::ops::Deref + Clone,
         M::Target: GuestMemory,
     {
-        let chain = queue.pop_descriptor_chain(mem)?;
+        let mut state = vring.get_mut();
+        while let Some(head) = self.next_resubmit() {
+            match chain_at(state.get_queue(), mem.clone(), head) {
+                Some(chain) => {
+                    self.popped(head);
+                    return Some(chain);
+                }
+                None => log::warn!("in-flight head {head} cannot be re-run; dropped"),
+            }
+        }
+        let chain = state.get_queue_mut().pop_descriptor_chain(mem)?;
         self.popped(chain.head_index());
         Some(chain)
     }
 
-    /// Puts `head` on the used ring of `queue` with `len`, keeping the region consistent.
-    pub fn add_used<Q: QueueT, M: GuestMemory>(
+    /// Puts `head` on the used ring of `vring` with `len`, keeping the region consistent
+    /// (callable from any thread: the steps run under the vring's lock).
+    pub fn add_used(
         &self,
-        queue: &mut Q,
-        mem: &M,
+        vring: &VringRwLock,
         head: u16,
         len: u32,
     ) -> Result<(), virtio_queue::Error> {
+        let mut state = vring.get_mut();
         self.completing(head);
-        queue.add_used(mem, head, len)?;
-        self.completed(head, queue.next_used());
+        state.add_used(head, len)?;
+        self.completed(head, state.get_queue().next_used());
         Ok(())
     }
+}
+
+/// A descriptor chain for `head` of `queue`, whatever the avail ring holds now.
+///
+/// `virtio_queue` builds chains only while popping an avail ring, so this pops from a
+/// one-entry avail ring written into the used ring's next free element: that element belongs
+/// to the device until it publishes it (the driver reads used elements only below the used
+/// index), and the next completion overwrites it.
+fn chain_at<M>(queue: &virtio_queue::Queue, mem: M, head: u16) -> Option<DescriptorChain<M>>
+where
+    M: std::ops::Deref + Clone,
+    M::Target: GuestMemory,
+{
+    use virtio_queue::Queue;
+    let size = queue.size();
+    if head >= size {
+        return None;
+    }
+    let slot = queue
+        .used_ring()
+        .checked_add(4 + 8 * u64::from(queue.next_used() % size))?;
+    mem.write_obj(1u16.to_le(), GuestAddress(slot)).ok()?;
+    mem.write_obj(head.to_le(), GuestAddress(slot + 2)).ok()?;
+    let mut q = Queue::new(size).ok()?;
+    q.try_set_desc_table_address(GuestAddress(queue.desc_table()))
+        .ok()?;
+    q.try_set_avail_ring_address(GuestAddress(slot - 2)).ok()?;
+    q.try_set_used_ring_address(GuestAddress(queue.used_ring()))
+        .ok()?;
+    q.set_ready(true);
+    q.pop_descriptor_chain(mem)
 }
 
 #[cfg(test)]
@@ -687,6 +744,7 @@ mod tests {
             desc_table: Some(0),
             size: 8,
             counter: 10,
+            ..Default::default()
         };
         let t = Tracker {
             slot: Some((inf.clone(), 0)),
@@ -706,6 +764,37 @@ mod tests {
         assert_eq!(c, 12);
         // Flags were cleared (re-marked on the next pop).
         assert!(!region.inflight(0, 1) && !region.inflight(0, 6));
+    }
+
+    #[test]
+    fn a_chain_is_rebuilt_for_any_head() {
+        use virtio_queue::{Queue, QueueT};
+        use vm_memory::GuestMemoryMmap;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mut q = Queue::new(8).unwrap();
+        q.try_set_desc_table_address(GuestAddress(0x1000)).unwrap();
+        q.try_set_avail_ring_address(GuestAddress(0x2000)).unwrap();
+        q.try_set_used_ring_address(GuestAddress(0x3000)).unwrap();
+        q.set_ready(true);
+        // Descriptor 5: 16 bytes at 0x4000, then descriptor 6 (writable) at 0x5000.
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&0x4000u64.to_le_bytes());
+        d[8..12].copy_from_slice(&16u32.to_le_bytes());
+        d[12..14].copy_from_slice(&1u16.to_le_bytes());
+        d[14..16].copy_from_slice(&6u16.to_le_bytes());
+        mem.write_slice(&d, GuestAddress(0x1000 + 16 * 5)).unwrap();
+        d[0..8].copy_from_slice(&0x5000u64.to_le_bytes());
+        d[12..14].copy_from_slice(&2u16.to_le_bytes());
+        mem.write_slice(&d, GuestAddress(0x1000 + 16 * 6)).unwrap();
+        // The avail ring is empty; the chain comes anyway, and the queue did not move.
+        let chain = chain_at(&q, &mem, 5).expect("chain");
+        assert_eq!(chain.head_index(), 5);
+        let descs: Vec<_> = chain.collect();
+        assert_eq!(descs.len(), 2);
+        assert_eq!(descs[0].addr(), GuestAddress(0x4000));
+        assert!(descs[1].is_write_only());
+        assert_eq!((q.next_avail(), q.next_used()), (0, 0));
+        assert!(chain_at(&q, &mem, 8).is_none());
     }
 
     #[test]

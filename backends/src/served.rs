@@ -144,11 +144,10 @@ impl<B: Backend> VhostUserBackend for Served<B> {
                 i.bind(index, vring);
             }
         }
-        let r = crate::inflight::with_current(inflight, || {
-            self.inner
-                .handle_event(device_event, evset, vrings, thread_id)
-        });
-        if let Err(e) = r {
+        if let Err(e) = self
+            .inner
+            .handle_event(device_event, evset, vrings, thread_id)
+        {
             log::warn!("device event {device_event} on worker {thread_id}: {e}");
         }
         Ok(())

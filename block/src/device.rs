@@ -170,14 +170,11 @@ impl BlockDevice {
         Q: QueueT + QueueOwnedT,
         M: GuestMemoryBackend,
     {
-        // In-flight requests are recorded in the frontend's inflight region when it set one
-        // up (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD): a restarted backend re-runs them.
-        let tracker = cordon_backends::inflight::tracker(queue);
         let mut done = 0;
-        while let Some(chain) = tracker.pop(queue, mem) {
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let used = self.handle_chain(mem, chain, s);
-            tracker.add_used(queue, mem, head, used)?;
+            queue.add_used(mem, head, used)?;
             done += 1;
         }
         Ok(done)

@@ -162,7 +162,6 @@ fn closes(dev: &Device, req: u32, payload: &[u8], fds: &[RawFd]) {
 
 /// SET_INFLIGHT_FD is answered with a NACK, and the connection keeps working.
 fn nacks(s: &UnixStream, payload: &[u8], fd: RawFd) {
-    let s = s;
     send(s, SET_INFLIGHT_FD, NEED_REPLY, payload, &[fd]);
     let (_, ack, _) = recv(s).expect("SET_INFLIGHT_FD reply");
     assert_ne!(
