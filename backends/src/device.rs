@@ -36,6 +36,11 @@ pub trait OpenedDevice: Send {
     fn mounts(&self) -> Vec<BindMount> {
         Vec::new()
     }
+    /// Open fds the device adopted rather than opened (e.g. a TAP handed over as
+    /// `tap-fd=N`): `cordon devices` keeps them in the jailed child too.
+    fn adopted_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
     /// Serves frontends on `endpoint` (enter `opts.jail` first; [`crate::serve`] does).
     fn serve(self: Box<Self>, endpoint: Endpoint, opts: ServeOptions) -> anyhow::Result<()>;
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
-    VhostUserSharedMsg,
+    VhostUserShMemConfig, VhostUserSharedMsg,
 };
 use vhost::vhost_user::Backend as BackendReq;
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
@@ -162,6 +162,9 @@ impl<B: Backend> VhostUserBackend for Served<B> {
     }
     fn check_device_state(&self) -> Result<()> {
         self.inner.check_device_state()
+    }
+    fn get_shmem_config(&self) -> Result<VhostUserShMemConfig> {
+        self.inner.get_shmem_config()
     }
 }
 

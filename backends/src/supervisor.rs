@@ -140,6 +140,11 @@ pub fn run_devices(requests: Vec<DeviceRequest>, opts: DevicesOptions) -> anyhow
             .map_err(|e| anyhow::anyhow!("{name}: {e:#}"))?;
         let after = open_fds()?;
         let mut fds: Vec<RawFd> = after.into_iter().filter(|f| !before.contains(f)).collect();
+        for fd in opened.adopted_fds() {
+            if !fds.contains(&fd) {
+                fds.push(fd);
+            }
+        }
         let endpoint = Endpoint::listen(&sock).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         let (endpoint, guard) = match endpoint {
             Endpoint::Listener { listener, remove } => {

@@ -148,6 +148,11 @@ impl NetDevice {
         Ok(dev)
     }
 
+    /// The fds of the TAP queues.
+    pub fn tap_fds(&self) -> Vec<RawFd> {
+        (0..self.tap.queues()).map(|i| self.tap.fd(i)).collect()
+    }
+
     /// The TAP interface name.
     pub fn tap_name(&self) -> &str {
         self.tap.name()

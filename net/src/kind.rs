@@ -33,6 +33,12 @@ impl OpenedDevice for OpenedNet {
         "net_device_vhost_user".into()
     }
 
+    fn adopted_fds(&self) -> Vec<std::os::fd::RawFd> {
+        // A handed-over tap-fd was open before `open`; created TAP fds are listed too
+        // (harmless: the supervisor keeps each fd once).
+        self.0.tap_fds()
+    }
+
     fn serve(self: Box<Self>, endpoint: Endpoint, opts: ServeOptions) -> anyhow::Result<()> {
         serve(self.0, endpoint, opts)?;
         Ok(())

@@ -285,6 +285,71 @@ fn works_without_root_through_a_user_namespace() {
     );
 }
 
+/// Empties every capability set of the calling thread, keeping uid 0 (as a container does).
+fn drop_capabilities_keep_root() -> bool {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    let hdr = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let data = [[0u32; 3]; 2];
+    // SAFETY: capset(2) version 3 with a header and two empty data structs alive for the call.
+    unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) == 0 }
+}
+
+#[test]
+fn works_as_root_without_capabilities_like_in_a_container() {
+    // Root without CAP_SYS_ADMIN/CAP_SETFCAP cannot map uid 0 into its user namespace; the
+    // jail must still create the mount points of nested bind destinations.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared = dir.path().join("run").join("sockets");
+    std::fs::create_dir_all(&shared).expect("mkdir");
+    let data = dir.path().join("data");
+    std::fs::write(&data, b"resource").expect("write");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("mkdir tmp");
+    let written = shared.join("x");
+    let r = in_child(move || {
+        // The jail stages its root under $TMPDIR: keep it inside this test's directory.
+        // The forked child is single-threaded, so changing the environment is sound.
+        std::env::set_var("TMPDIR", &tmp);
+        if !drop_capabilities_keep_root() {
+            return 2;
+        }
+        let jail = Jail::new().bind_rw(&shared).bind_ro(&data);
+        let (s, d) = (shared.clone(), data.clone());
+        let child = match jail.fork_jailed(move || {
+            if Path::new("/etc").exists() {
+                return 4;
+            }
+            match std::fs::read(&d) {
+                Ok(b) if b == b"resource" => {}
+                _ => return 5,
+            }
+            if std::fs::write(s.join("x"), b"1").is_err() {
+                return 6;
+            }
+            0
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return 3;
+            }
+        };
+        match child.wait() {
+            Ok(ChildExit::Exited(c)) => c,
+            _ => 7,
+        }
+    });
+    assert_eq!(r, ChildExit::Exited(0), "jail as root without capabilities");
+    assert!(written.exists(), "write through the bind mount");
+}
+
 #[test]
 fn pivot_root_dir_becomes_the_root() {
     let root = tempfile::tempdir().expect("tempdir");

@@ -10,6 +10,8 @@
 use crate::guest::console::{read_log, tail};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,6 +35,7 @@ pub struct Container {
 }
 
 /// How to build a [`Container`].
+#[derive(Debug, Clone, Default)]
 pub struct ContainerSpec {
     /// Container id (unique per test run).
     pub id: String,
@@ -42,6 +45,25 @@ pub struct ContainerSpec {
     pub args: Vec<String>,
     /// Bind mounts (socket directory, image files...).
     pub binds: Vec<Bind>,
+    /// Open descriptors of this process handed to the device as fds 3, 4, ... in order
+    /// (`runc run --preserve-fds N`), e.g. a TAP opened by the privileged parent for
+    /// `net-device --tap-fd 3`. This process keeps its own copies.
+    pub pass_fds: Vec<RawFd>,
+}
+
+/// Duplicates `fd` to a descriptor number >= 64 (close-on-exec), so that moving the copies
+/// onto 3, 4, ... in the child never overwrites a source that is still to be moved.
+fn dup_high(fd: RawFd) -> Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor or fails; the result is checked.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64) };
+    if n < 0 {
+        bail!(
+            "cannot duplicate fd {fd} to hand it to the container: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: `n` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 fn runc() -> Result<PathBuf> {
@@ -138,8 +160,34 @@ impl Container {
             .args(["delete", "--force", &spec.id])
             .stderr(Stdio::null())
             .status();
-        let status = Command::new(&runc)
-            .args(["run", "--detach", "--bundle"])
+        let mut cmd = Command::new(&runc);
+        cmd.args(["run", "--detach"]);
+        // runc hands the container stdio + $LISTEN_FDS + N descriptors: make sure no
+        // inherited socket-activation variables shift the numbering.
+        cmd.env_remove("LISTEN_FDS").env_remove("LISTEN_PID");
+        let high = spec
+            .pass_fds
+            .iter()
+            .map(|&fd| dup_high(fd))
+            .collect::<Result<Vec<_>>>()?;
+        if !high.is_empty() {
+            cmd.arg("--preserve-fds").arg(high.len().to_string());
+            let raw: Vec<RawFd> = high.iter().map(|f| f.as_raw_fd()).collect();
+            // SAFETY: only async-signal-safe dup2 calls between fork and exec; dup2 clears
+            // close-on-exec on the target, so runc inherits exactly fds 3..3+N.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for (i, &fd) in raw.iter().enumerate() {
+                        if libc::dup2(fd, 3 + i as RawFd) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let status = cmd
+            .arg("--bundle")
             .arg(&bundle)
             .arg(&spec.id)
             .stdin(Stdio::null())
@@ -147,6 +195,7 @@ impl Container {
             .stderr(out)
             .status()
             .context("starting runc")?;
+        drop(high);
         if !status.success() {
             bail!(
                 "runc run {} failed ({status}):\n{}",
@@ -165,11 +214,12 @@ impl Container {
     pub fn wait_for_path(&self, path: &Path, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         while !path.exists() {
-            if start.elapsed() > timeout {
+            if start.elapsed() > timeout || self.status().is_ok_and(|s| s == "stopped") {
                 bail!(
-                    "container {} did not create {} within {timeout:?}:\n{}",
+                    "container {} did not create {} within {timeout:?} (state: {}):\n{}",
                     self.id,
                     path.display(),
+                    self.status().unwrap_or_else(|e| e.to_string()),
                     tail(&self.output())
                 );
             }
@@ -212,6 +262,22 @@ impl Container {
     /// The bundle directory.
     pub fn bundle(&self) -> &Path {
         &self.bundle
+    }
+
+    /// The container id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A failure report: the container's state and the tail of its output (the device's
+    /// and runc's stderr).
+    pub fn report(&self) -> String {
+        format!(
+            "--- container {} ({}), output:\n{}",
+            self.id,
+            self.status().unwrap_or_else(|e| e.to_string()),
+            tail(&self.output())
+        )
     }
 }
 

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
@@ -13,6 +14,7 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use super::shmem::{BackendChannel, SharedMemoryRegion};
 use super::virtqueue::DriverQueue;
 use super::{vhost_err, Error, Result};
 
@@ -251,5 +253,38 @@ impl VhostUserConnection {
             .get_config(offset, len as u32, VhostUserConfigFlags::WRITABLE, &buf)
             .map_err(vhost_err("GET_CONFIG"))?;
         Ok(data)
+    }
+
+    /// GET_SHMEM_CONFIG (needs `VHOST_USER_PROTOCOL_F_SHMEM`): the size of each of the
+    /// device's VIRTIO shared memory regions, indexed by `shmid`.
+    pub fn shared_memory_config(&mut self) -> Result<Vec<u64>> {
+        let cfg = self
+            .fe
+            .get_shmem_config()
+            .map_err(vhost_err("GET_SHMEM_CONFIG"))?;
+        let n = cfg.nregions as usize;
+        let sizes = cfg.memory_sizes;
+        if n > sizes.len() {
+            return Err(Error::Invalid(format!(
+                "GET_SHMEM_CONFIG: backend claims {n} regions (at most {})",
+                sizes.len()
+            )));
+        }
+        Ok(sizes[..n].to_vec())
+    }
+
+    /// SET_BACKEND_REQ_FD (needs `VHOST_USER_PROTOCOL_F_BACKEND_REQ`): gives the backend one
+    /// end of a new socket pair and serves SHMEM_MAP/UNMAP on the other end, into `regions`,
+    /// until the returned channel is dropped.
+    pub fn start_backend_channel(
+        &mut self,
+        regions: Vec<Arc<SharedMemoryRegion>>,
+    ) -> Result<BackendChannel> {
+        let reply_ack = self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+        let fe = &mut self.fe;
+        BackendChannel::start(regions, reply_ack, |fd| {
+            fe.set_backend_request_fd(&fd)
+                .map_err(vhost_err("SET_BACKEND_REQ_FD"))
+        })
     }
 }

@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
@@ -18,6 +19,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::connection::{VhostUserConnection, CONNECT_TIMEOUT};
 use super::memory::{create_guest_memory, GuestMemfd};
+use super::shmem::{BackendChannel, SharedMemoryRegion};
 use super::virtqueue::{queue_footprint, Buffer, DriverQueue, Used};
 use super::{Error, Result};
 
@@ -58,6 +60,14 @@ impl DriverConfig {
         }
     }
 
+    /// Also negotiate VIRTIO shared memory (`VHOST_USER_PROTOCOL_F_BACKEND_REQ` and
+    /// `_SHMEM`); then call [`VhostUserDriver::map_shared_memory`].
+    pub fn with_shared_memory(mut self) -> Self {
+        self.protocol_features |=
+            VhostUserProtocolFeatures::BACKEND_REQ | VhostUserProtocolFeatures::SHMEM;
+        self
+    }
+
     /// Also want `bits` (e.g. device-specific feature bits).
     pub fn with_features(mut self, bits: u64) -> Self {
         self.features |= bits;
@@ -82,6 +92,9 @@ pub struct VhostUserDriver {
     data_start: u64,
     next_free: u64,
     mem_end: u64,
+    shmem: Vec<Arc<SharedMemoryRegion>>,
+    // Stopped (socket shut down, thread joined) when the driver is dropped.
+    backend_channel: Option<BackendChannel>,
 }
 
 impl VhostUserDriver {
@@ -125,7 +138,35 @@ impl VhostUserDriver {
             data_start: at,
             next_free: at,
             mem_end: cfg.mem_size as u64,
+            shmem: Vec::new(),
+            backend_channel: None,
         })
+    }
+
+    /// GET_SHMEM_CONFIG, then reserves every region and starts the back-end request channel
+    /// (SET_BACKEND_REQ_FD) that maps the backend's fds into them. Needs
+    /// [`DriverConfig::with_shared_memory`]. Returns the regions, indexed by `shmid`.
+    pub fn map_shared_memory(&mut self) -> Result<Vec<Arc<SharedMemoryRegion>>> {
+        if self.backend_channel.is_some() {
+            return Err(Error::Invalid("shared memory already set up".into()));
+        }
+        let sizes = self.conn.shared_memory_config()?;
+        let mut regions = Vec::new();
+        for (id, &size) in sizes.iter().enumerate() {
+            if size > 0 {
+                let id = u8::try_from(id)
+                    .map_err(|_| Error::Invalid(format!("shared memory region id {id}")))?;
+                regions.push(Arc::new(SharedMemoryRegion::new(id, size)?));
+            }
+        }
+        self.backend_channel = Some(self.conn.start_backend_channel(regions.clone())?);
+        self.shmem = regions.clone();
+        Ok(regions)
+    }
+
+    /// Shared memory region `shmid` set up by [`map_shared_memory`](Self::map_shared_memory).
+    pub fn shared_memory(&self, shmid: u8) -> Option<Arc<SharedMemoryRegion>> {
+        self.shmem.iter().find(|r| r.id() == shmid).cloned()
     }
 
     /// The connection (GET_CONFIG, raw requests).

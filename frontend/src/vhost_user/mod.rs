@@ -5,16 +5,20 @@
 //! - [`connection`]: connect, negotiate features and protocol features, share memory, set up
 //!   vrings, read the config space (wraps the `vhost` crate's `Frontend`);
 //! - [`virtqueue`]: the driver side of a split virtqueue living in that memory;
-//! - [`driver`]: all of the above in one object, to submit requests and wait for completions.
+//! - [`driver`]: all of the above in one object, to submit requests and wait for completions;
+//! - [`shmem`]: VIRTIO shared memory regions the backend maps fds into, over the back-end
+//!   request channel (SHMEM_MAP/UNMAP).
 
 pub mod connection;
 pub mod driver;
 pub mod memory;
+pub mod shmem;
 pub mod virtqueue;
 
 pub use connection::{VhostUserConnection, CONNECT_TIMEOUT};
 pub use driver::{Completion, DriverConfig, VhostUserDriver};
 pub use memory::{create_guest_memory, GuestMemfd};
+pub use shmem::{BackendChannel, Mapping, SharedMemoryRegion};
 pub use virtqueue::{Buffer, DriverQueue, Used};
 
 /// Errors of the frontend driver.

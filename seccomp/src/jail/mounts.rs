@@ -148,29 +148,46 @@ impl MountPlan {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(JailError::new(format!("mkdir {}", self.root.display()), e)),
         }
-        match &self.root_dir {
+        let staged = self.root_dir.is_none() && caller_unmapped();
+        let root = match &self.root_dir {
             // The host directory becomes the root (a bind mount in this private namespace;
             // the host's view of it is untouched). Missing bind mount points are created in it,
             // as minijail does.
-            Some(dir) => mount(
-                Some(dir),
-                &self.root,
-                None,
-                libc::MS_BIND | libc::MS_REC,
-                None,
-            )?,
-            None => mount(
-                Some(Path::new("tmpfs")),
-                &self.root,
-                Some("tmpfs"),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                Some("mode=0755,size=1m,nr_inodes=4096"),
-            )?,
-        }
+            Some(dir) => {
+                mount(
+                    Some(dir),
+                    &self.root,
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                    None,
+                )?;
+                self.root.clone()
+            }
+            // Root without capabilities (a container): the caller's uid is unmapped in the
+            // user namespace it just created, and the kernel refuses to create inodes
+            // (EOVERFLOW) on filesystems mounted inside that namespace, such as a fresh
+            // tmpfs. The mount points are created instead in a directory of the outer
+            // filesystem (where the uid is mapped), bound onto itself to become the root.
+            None if staged => {
+                let dir = self.staging_dir()?;
+                mount(Some(&dir), &dir, None, libc::MS_BIND, None)?;
+                dir
+            }
+            None => {
+                mount(
+                    Some(Path::new("tmpfs")),
+                    &self.root,
+                    Some("tmpfs"),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    Some("mode=0755,size=1m,nr_inodes=4096"),
+                )?;
+                self.root.clone()
+            }
+        };
         for (b, is_dir) in &self.binds {
             let rel = b.dst.strip_prefix("/").unwrap_or(&b.dst);
-            let target = self.root.join(rel);
-            let parent = target.parent().unwrap_or(&self.root);
+            let target = root.join(rel);
+            let parent = target.parent().unwrap_or(&root);
             std::fs::create_dir_all(parent)
                 .map_err(|e| JailError::new(format!("mkdir {}", parent.display()), e))?;
             let made = if *is_dir {
@@ -202,14 +219,16 @@ impl MountPlan {
                 mount(None, &target, None, flags, None)?;
             }
         }
-        let locked = if self.root_dir.is_some() {
-            locked_flags(&self.root)
+        // A host root directory or a staged root lives on an outer mount whose flags are
+        // locked in this namespace.
+        let locked = if self.root_dir.is_some() || staged {
+            locked_flags(&root)
         } else {
             0
         };
         mount(
             None,
-            &self.root,
+            &root,
             None,
             libc::MS_BIND
                 | libc::MS_REMOUNT
@@ -220,8 +239,33 @@ impl MountPlan {
                 | locked,
             None,
         )?;
-        pivot(&self.root)
+        pivot(&root)
     }
+
+    /// A fresh, empty directory under the jail root directory for a staged root. It stays
+    /// behind (empty but for the mount points) when the jail ends; in a container it lives
+    /// on the container's own `/tmp`.
+    fn staging_dir(&self) -> Result<PathBuf, JailError> {
+        let pid = std::process::id();
+        for i in 0..1000 {
+            let d = self.root.join(format!("{pid}-{i}"));
+            match std::fs::create_dir(&d) {
+                Ok(()) => return Ok(d),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(JailError::new(format!("mkdir {}", d.display()), e)),
+            }
+        }
+        Err(JailError::new(
+            format!("staging directory under {}", self.root.display()),
+            io::Error::new(io::ErrorKind::AlreadyExists, "no free name"),
+        ))
+    }
+}
+
+/// Whether the calling process's uid has no mapping in its user namespace (root without
+/// CAP_SETFCAP may not map uid 0 into a namespace it creates): `/proc/self/uid_map` is empty.
+fn caller_unmapped() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| m.trim().is_empty())
 }
 
 fn pivot(root: &Path) -> Result<(), JailError> {
