@@ -46,6 +46,11 @@ pub struct Stats {
     pub p99_us: f64,
     /// I/Os completed.
     pub ops: u64,
+    /// CPU time of the backend's process tree per I/O, microseconds (0 for the host row).
+    pub backend_cpu_us: f64,
+    /// CPU time of the issuing process (this benchmark: the frontend driver, or the host
+    /// loop) per I/O, microseconds.
+    pub driver_cpu_us: f64,
 }
 
 impl Stats {
@@ -64,6 +69,8 @@ impl Stats {
             p50_us: pct(0.50),
             p99_us: pct(0.99),
             ops: lat_ns.len() as u64,
+            backend_cpu_us: 0.0,
+            driver_cpu_us: 0.0,
         }
     }
 }
@@ -95,28 +102,53 @@ impl Offsets {
     }
 }
 
-/// Direct host I/O on the image (the limit): one thread, synchronous pread/pwrite. With a
-/// buffered image there is no device queue to keep full, so `qd` requests are issued back to
-/// back and each one's latency is its own syscall time.
-pub fn host_io(path: &Path, op: Op, duration: Duration) -> std::io::Result<Stats> {
+/// Direct host I/O on the image (the limit): `threads` threads of this process, each doing
+/// synchronous pread/pwrite back to back, so `threads` requests are in flight at any time (the
+/// host equivalent of queue depth `threads`). Each latency is one syscall.
+pub fn host_io(path: &Path, op: Op, duration: Duration, threads: usize) -> std::io::Result<Stats> {
     let file = File::options().read(true).write(true).open(path)?;
     let size = file.metadata()?.len();
-    let mut offs = Offsets::new(size, 0x5eed);
-    let mut buf = vec![0x5au8; IO_SIZE];
-    let mut lat = Vec::with_capacity(1 << 20);
     let start = Instant::now();
-    while start.elapsed() < duration {
-        for _ in 0..256 {
-            let off = offs.next_offset();
-            let t = Instant::now();
-            match op {
-                Op::RandRead => file.read_exact_at(&mut buf, off)?,
-                Op::RandWrite => file.write_all_at(&buf, off)?,
-            }
-            lat.push(t.elapsed().as_nanos() as u64);
-        }
-    }
+    let results: Vec<std::io::Result<Vec<u64>>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|t| {
+                let file = &file;
+                sc.spawn(move || -> std::io::Result<Vec<u64>> {
+                    let mut offs = Offsets::new(size, 0x5eed + t as u64 * 7919);
+                    let mut buf = vec![0x5au8; IO_SIZE];
+                    let mut lat = Vec::with_capacity(1 << 20);
+                    // At least one batch per thread, even when it is scheduled late.
+                    loop {
+                        for _ in 0..256 {
+                            let off = offs.next_offset();
+                            let t0 = Instant::now();
+                            match op {
+                                Op::RandRead => file.read_exact_at(&mut buf, off)?,
+                                Op::RandWrite => file.write_all_at(&buf, off)?,
+                            }
+                            lat.push(t0.elapsed().as_nanos() as u64);
+                        }
+                        if start.elapsed() >= duration {
+                            break;
+                        }
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("host I/O thread panicked")))
+            })
+            .collect()
+    });
     let elapsed = start.elapsed();
+    let mut lat = Vec::new();
+    for r in results {
+        lat.extend(r?);
+    }
     Ok(Stats::from_latencies(&mut lat, elapsed))
 }
 
@@ -285,6 +317,36 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
     tree
 }
 
+/// CPU time (user + system, clock ticks) consumed so far by process `pid` (all its threads).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let f = |i: usize| {
+        rest.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    f(14) + f(15)
+}
+
+/// CPU ticks of `pid` and all its descendants.
+pub fn cpu_ticks_tree(pid: u32) -> u64 {
+    process_tree(pid).into_iter().map(cpu_ticks).sum()
+}
+
+/// Microseconds per clock tick.
+pub fn tick_us() -> f64 {
+    // SAFETY: sysconf has no memory side effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    1e6 / if hz > 0 { hz as f64 } else { 100.0 }
+}
+
 /// Memory of a backend: (RSS of the process that serves, KiB; PSS of its whole process tree,
 /// KiB; number of processes).
 pub fn backend_memory(pid: u32) -> std::io::Result<(u64, u64, usize)> {
@@ -297,6 +359,11 @@ pub fn backend_memory(pid: u32) -> std::io::Result<(u64, u64, usize)> {
     }
     Ok((rss, pss, tree.len()))
 }
+
+/// Target name of the host rows with one thread per queue slot.
+pub const HOST_QD: &str = "host pread/pwrite, QD threads";
+/// Target name of the host rows with a single thread.
+pub const HOST_1: &str = "host pread/pwrite, 1 thread";
 
 /// One row of the results table.
 #[derive(Debug, Clone)]
@@ -316,21 +383,23 @@ pub fn render(rows: &[Row], mem: &[(String, (u64, u64, usize))], notes: &str) ->
     let mut s = String::new();
     s.push_str("# Block benchmark results\n\n");
     s.push_str(notes);
-    s.push_str("\n\n| target | op | QD | IOPS | p50 (µs) | p99 (µs) | I/Os |\n");
-    s.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    s.push_str("\n\n| target | op | QD | IOPS | p50 (µs) | p99 (µs) | I/Os | backend CPU µs/IO | driver CPU µs/IO |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {} |\n",
+            "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.2} | {:.2} |\n",
             r.target,
             r.op.name(),
             r.qd,
             r.stats.iops,
             r.stats.p50_us,
             r.stats.p99_us,
-            r.stats.ops
+            r.stats.ops,
+            r.stats.backend_cpu_us,
+            r.stats.driver_cpu_us
         ));
     }
-    s.push_str("\n## Ratios (IOPS)\n\n| op | QD | block-device / best qsd | block-device / host |\n|---|---:|---:|---:|\n");
+    s.push_str("\n## Ratios (IOPS)\n\n| op | QD | block-device / best qsd | block-device / best host row (the limit) |\n|---|---:|---:|---:|\n");
     for op in [Op::RandRead, Op::RandWrite] {
         for qd in [1usize, 32] {
             let get = |t: &str| {
@@ -343,17 +412,18 @@ pub fn render(rows: &[Row], mem: &[(String, (u64, u64, usize))], notes: &str) ->
                 .filter(|r| r.target.starts_with("qemu-storage-daemon") && r.op == op && r.qd == qd)
                 .map(|r| r.stats.iops)
                 .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
-            if let (Some(c), Some(q), Some(h)) = (
+            if let (Some(c), Some(q), Some(h), Some(h1)) = (
                 get("cordon block-device"),
                 best_qsd,
-                get("host pread/pwrite"),
+                get(HOST_QD),
+                get(HOST_1),
             ) {
                 s.push_str(&format!(
                     "| {} | {} | {:.2}x | {:.0}% |\n",
                     op.name(),
                     qd,
                     c / q,
-                    100.0 * c / h
+                    100.0 * c / h.max(h1)
                 ));
             }
         }

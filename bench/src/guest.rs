@@ -134,6 +134,8 @@ pub fn stream_checks(cfg: &Config) -> Vec<Check> {
             .arg("port", VSOCK_RECV_PORT)
             .arg("bytes", b)
             .arg("timeout", t),
+        // Counters for the record (and for diagnosing a stalled stream).
+        Check::new("net-stats"),
     ]
 }
 
@@ -191,7 +193,7 @@ fn boot(disk: Disk, round: u32) -> String {
         cordon_run(&format!("\"$L2_CMDLINE_{var}\""))
     ));
     s.push_str(
-        "ip -s link show cordon0 2>&1 | sed 's/^/L1-TAP /'\n\
+        "echo \"L1-TAP $(cd /sys/class/net/cordon0/statistics 2>/dev/null && for f in *; do printf '%s=%s ' $f $(cat $f); done)\"\n\
          kill $devices; wait $devices\n\
          echo \"L1-DEVICES $(grep -c \"queue that's not ready\" $R/devices.log) 'queue not ready' errors\"\n\
          grep -v \"queue that's not ready\" $R/devices.log | sed 's/^/L1-DEVICES /'\n\
@@ -536,7 +538,7 @@ mod tests {
             plan_tokens[1],
             "bench-blk:dev=vda:rw=randread:bs=4096:qd=32:ms=100:span=16:timeout=120"
         );
-        assert_eq!(plan(&small(), Disk::Cordon).len(), 8);
+        assert_eq!(plan(&small(), Disk::Cordon).len(), 9);
     }
 
     /// The console of a run (as the agent prints it) gives the figures back.
@@ -585,7 +587,7 @@ mod tests {
         assert_eq!(r.streams[0].1.len(), 1);
         assert_eq!(r.streams[0].1[0].mib_s, 12.5);
         assert!(r.problems.iter().any(|p| p.contains("timed out")));
-        assert!(r.problems.iter().any(|p| p.contains("6 of 8")));
+        assert!(r.problems.iter().any(|p| p.contains("6 of 9")));
         let md = r.markdown(&cfg, "conditions\n");
         assert!(md.contains("| randread | 32 | 3000 | 100 | 900 | 1500 | 100 | 900 | 2.00× |"));
         assert!(md.contains("| cordon-1 | tcp | guest→host | 12.50 |"));

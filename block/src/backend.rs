@@ -39,7 +39,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct BlockBackend {
     device: Arc<BlockDevice>,
     mem: RwLock<Option<GuestMem>>,
-    workers: Vec<Mutex<Scratch>>,
+    workers: Vec<Mutex<QueueState>>,
     pools: Vec<IoPool>,
     event_idx: AtomicBool,
     poll_window: Duration,
@@ -50,7 +50,15 @@ impl BlockBackend {
     pub fn new(device: Arc<BlockDevice>) -> Self {
         let poll_window = Duration::from_micros(u64::from(device.poll_us()));
         let n = usize::from(device.num_queues());
-        let workers = (0..n).map(|_| Mutex::new(Scratch::default())).collect();
+        let workers = (0..n)
+            .map(|_| {
+                Mutex::new(QueueState {
+                    scratch: Scratch::default(),
+                    poll: poll_window,
+                    slept_at: None,
+                })
+            })
+            .collect();
         let pools = (0..n)
             .map(|i| IoPool::new(device.clone(), i, usize::from(device.io_threads())))
             .collect();
@@ -94,7 +102,15 @@ impl BlockBackend {
         let mem = atomic.memory().into_inner();
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let pool = &self.pools[idx];
-        let mut scratch = self.workers[idx].lock().map_err(|_| poisoned())?;
+        let mut guard = self.workers[idx].lock().map_err(|_| poisoned())?;
+        let qs = &mut *guard;
+        // Adapt the busy-poll window to how long this queue just slept (as KVM's halt
+        // polling does): a wakeup that came soon after sleeping means polling a little longer
+        // would have caught it; a long sleep means polling is wasted CPU.
+        if let Some(at) = qs.slept_at.take() {
+            qs.poll = adapt_poll(qs.poll, at.elapsed(), self.poll_window);
+        }
+        let scratch = &mut qs.scratch;
         let mut slow_until = Instant::now();
         // O_DIRECT writes always reach the disk: never worth running on the queue thread.
         let direct = self.device.disk().direct();
@@ -106,21 +122,29 @@ impl BlockBackend {
             while let Some(chain) = queue::pop_chain(vring, &*mem) {
                 let head = chain.head_index();
                 pool.begin();
-                let started = Instant::now();
                 // Defer what may block only when something else could run meanwhile. Buffered
                 // writes usually just copy into the page cache, faster than a hand-off, so they
-                // run here unless one recently blocked (writeback throttling).
+                // run here unless one recently blocked (writeback throttling). Only requests
+                // that may block are timed (no clock read for a cached read).
+                let mut timed: Option<Instant> = None;
                 let defer = |kind: u32| {
-                    pool.enabled()
-                        && (kind != VIRTIO_BLK_T_OUT || direct || started < slow_until)
-                        && (pool.outstanding() > 1 || avail_pending(vring, &mem) != Some(false))
+                    let now = Instant::now();
+                    let d = pool.enabled()
+                        && (kind != VIRTIO_BLK_T_OUT || direct || now < slow_until)
+                        && (pool.outstanding() > 1 || avail_pending(vring, &mem) != Some(false));
+                    if !d {
+                        timed = Some(now);
+                    }
+                    d
                 };
-                let step = self.device.prepare(&*mem, chain, &mut scratch, defer);
+                let step = self.device.prepare(&*mem, chain, scratch, defer);
                 match step {
                     Step::Done(used) => {
-                        let now = Instant::now();
-                        if now.duration_since(started) >= SLOW_REQUEST {
-                            slow_until = now + DEFER_AFTER_SLOW;
+                        if let Some(started) = timed {
+                            let now = Instant::now();
+                            if now.duration_since(started) >= SLOW_REQUEST {
+                                slow_until = now + DEFER_AFTER_SLOW;
+                            }
                         }
                         let r = queue::add_used(vring, head, used);
                         pool.end();
@@ -135,7 +159,7 @@ impl BlockBackend {
                         let job = Job {
                             head,
                             req,
-                            scratch: pool.swap_scratch(&mut scratch),
+                            scratch: pool.swap_scratch(scratch),
                             mem: mem.clone(),
                             vring: vring.clone(),
                             event_idx,
@@ -156,34 +180,65 @@ impl BlockBackend {
             }
             // Busy-poll briefly for the driver's next request before sleeping in epoll:
             // saves a kick and a wakeup per request at low queue depth.
-            if done > 0 && self.poll(vring, &mem) {
+            if done > 0 && poll(vring, &mem, qs.poll) {
                 continue;
             }
             // Re-enable notifications; loop if requests raced in meanwhile.
             if !vring.enable_notification().map_err(queue_err)? {
+                qs.slept_at = Some(Instant::now());
                 break;
             }
         }
         Ok(())
     }
+}
 
-    /// Spin up to the poll window waiting for a new avail entry; true if one arrived.
-    fn poll(&self, vring: &VringRwLock, mem: &GuestMemoryMmap<()>) -> bool {
-        if self.poll_window.is_zero() {
-            return false;
+/// Per-queue state of the queue thread.
+struct QueueState {
+    scratch: Scratch,
+    /// Current busy-poll window (adapted between 0 and `--poll-us`).
+    poll: Duration,
+    /// When the queue thread last went to sleep in epoll.
+    slept_at: Option<Instant>,
+}
+
+/// Smallest non-zero busy-poll window.
+const MIN_POLL: Duration = Duration::from_micros(5);
+
+/// The next busy-poll window after a sleep of `slept`: grow (double, at least [`MIN_POLL`])
+/// when the driver came back within `max`, shrink (halve, down to zero) otherwise.
+fn adapt_poll(cur: Duration, slept: Duration, max: Duration) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    if slept <= max {
+        (cur * 2).max(MIN_POLL).min(max)
+    } else {
+        let half = cur / 2;
+        if half < MIN_POLL {
+            Duration::ZERO
+        } else {
+            half
         }
-        let start = Instant::now();
-        loop {
-            for _ in 0..64 {
-                match avail_pending(vring, mem) {
-                    Some(true) => return true,
-                    Some(false) => std::hint::spin_loop(),
-                    None => return false,
-                }
+    }
+}
+
+/// Spin up to `window` waiting for a new avail entry; true if one arrived.
+fn poll(vring: &VringRwLock, mem: &GuestMemoryMmap<()>, window: Duration) -> bool {
+    if window.is_zero() {
+        return false;
+    }
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            match avail_pending(vring, mem) {
+                Some(true) => return true,
+                Some(false) => std::hint::spin_loop(),
+                None => return false,
             }
-            if start.elapsed() >= self.poll_window {
-                return false;
-            }
+        }
+        if start.elapsed() >= window {
+            return false;
         }
     }
 }
@@ -288,5 +343,29 @@ impl VhostUserBackend for BlockBackend {
             )));
         };
         self.process(idx, vring)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_window_grows_on_quick_wakeups_and_shrinks_on_long_sleeps() {
+        let max = Duration::from_micros(50);
+        let us = Duration::from_micros;
+        // Quick wakeups grow the window from zero up to the maximum, never past it.
+        let mut w = Duration::ZERO;
+        for want in [5, 10, 20, 40, 50, 50] {
+            w = adapt_poll(w, us(10), max);
+            assert_eq!(w, us(want));
+        }
+        // Long sleeps halve it down to zero.
+        for want in [25, 12, 6, 0, 0] {
+            w = adapt_poll(w, us(500), max);
+            assert_eq!(w.as_micros(), want);
+        }
+        // --poll-us 0 never polls.
+        assert_eq!(adapt_poll(us(50), us(1), Duration::ZERO), Duration::ZERO);
     }
 }

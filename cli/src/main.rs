@@ -6,6 +6,7 @@ mod ctl;
 mod device;
 mod devices;
 mod run;
+mod run_backends;
 mod seccomp;
 
 /// Sandboxed virtio device backends over vhost-user, and a lean KVM VMM.

@@ -7,6 +7,8 @@ use clap::Args;
 use cordon_frontend::pci::vhost::{DeviceKind, KIND_NAMES};
 use cordon_frontend::vmm::{ConsoleOutput, Vm, VmConfig};
 
+use crate::run_backends::{self, Request};
+
 /// Default kernel command line: serial console, i8042 reboot (the VMM exits cleanly on
 /// it), reboot immediately on panic.
 pub const DEFAULT_PARAMS: &str = "console=ttyS0 reboot=k panic=-1";
@@ -36,10 +38,35 @@ pub struct RunArgs {
     /// `type=block|net|rng|vsock|console|wl,socket=PATH`. Repeatable.
     #[arg(long = "vhost-user", value_name = "type=KIND,socket=PATH")]
     pub vhost_user: Vec<String>,
+    /// A virtio-blk disk served by a jailed Cordon block backend that `cordon run` starts:
+    /// `path=IMAGE[,ro][,sparse=BOOL][,direct=BOOL][,id=ID]...` (`cordon devices --block`
+    /// syntax, without `vhost=`). Repeatable.
+    #[arg(long = "block", value_name = "path=IMAGE[,ro,...]")]
+    pub block: Vec<String>,
+    /// A virtio-rng device served by a jailed Cordon rng backend that `cordon run` starts.
+    #[arg(long)]
+    pub rng: bool,
+    /// A virtio-console served by a jailed Cordon serial backend that `cordon run` starts:
+    /// `[type=stdout|stderr|file|unix|sink][,path=PATH][,input=PATH][,stdin]...`
+    /// (`cordon devices --serial` syntax, without `vhost=`). Repeatable.
+    #[arg(long = "serial", value_name = "type=stdout,...")]
+    pub serial: Vec<String>,
+    /// Shorthand for `--serial type=stdout,hardware=virtio-console` (hvc0 on stdout).
+    #[arg(long)]
+    pub console: bool,
+    /// A virtio-net device served by a jailed Cordon net backend that `cordon run` starts:
+    /// `tap-name=NAME[,host-ip=IP,netmask=MASK][,mac=MAC]` or `tap-fd=N`. Repeatable.
+    #[arg(long = "net", value_name = "tap-name=NAME[,...]")]
+    pub net: Vec<String>,
+    /// A virtio-vsock device served by a jailed Cordon vsock backend that `cordon run`
+    /// starts: `cid=N,uds-path=PATH`. Repeatable.
+    #[arg(long = "vsock", value_name = "cid=N,uds-path=PATH")]
+    pub vsock: Vec<String>,
     /// Seconds to wait for each vhost-user backend to accept the connection.
     #[arg(long, value_name = "SECS", default_value_t = 3)]
     pub backend_timeout: u64,
-    /// Run the VMM without its seccomp filter. For debugging only.
+    /// Run the VMM without its seccomp filter, and the backends it starts (`--block`,
+    /// `--rng`...) without their jail. For debugging only.
     #[arg(long)]
     pub disable_sandbox: bool,
     /// Directory holding `frontend.policy` (or `frontend.bpf`) to use instead of the
@@ -84,6 +111,36 @@ pub fn parse_vhost_user(s: &str) -> Result<VhostUserOpt> {
     }
 }
 
+/// The backends to start for the convenience flags, in a fixed order (block, rng,
+/// serial/console, net, vsock).
+pub fn backend_requests(a: &RunArgs) -> Result<Vec<Request>> {
+    let mut r = Vec::new();
+    for o in &a.block {
+        r.push(Request::new("--block", "block", o, DeviceKind::Block)?);
+    }
+    if a.rng {
+        r.push(Request::new("--rng", "rng", "", DeviceKind::Rng)?);
+    }
+    for o in &a.serial {
+        r.push(Request::new("--serial", "serial", o, DeviceKind::Console)?);
+    }
+    if a.console {
+        r.push(Request::new(
+            "--console",
+            "serial",
+            "type=stdout,hardware=virtio-console",
+            DeviceKind::Console,
+        )?);
+    }
+    for o in &a.net {
+        r.push(Request::new("--net", "net", o, DeviceKind::Net)?);
+    }
+    for o in &a.vsock {
+        r.push(Request::new("--vsock", "vsock", o, DeviceKind::Vsock)?);
+    }
+    Ok(r)
+}
+
 /// Checks the files before any KVM work, so a typo gives a one-line error at once.
 fn preflight(a: &RunArgs) -> Result<()> {
     readable_file("--kernel", &a.kernel)?;
@@ -122,6 +179,14 @@ pub fn run(a: RunArgs) -> Result<i32> {
         .iter()
         .map(|s| parse_vhost_user(s))
         .collect::<Result<Vec<_>>>()?;
+    let requests = backend_requests(&a)?;
+    let timeout = std::time::Duration::from_secs(a.backend_timeout);
+    // Started before the VM and the jail; stopped (and reaped) when this function returns.
+    let mut started = if requests.is_empty() {
+        None
+    } else {
+        Some(run_backends::start(&requests, !a.disable_sandbox, timeout)?)
+    };
     let mut vm = Vm::new(VmConfig {
         mem_mib: a.mem,
         cpus: a.cpus,
@@ -129,11 +194,12 @@ pub fn run(a: RunArgs) -> Result<i32> {
         console_input: !a.no_console_input,
     })?;
     for d in &devices {
-        vm.add_vhost_user(
-            d.kind,
-            &d.socket,
-            std::time::Duration::from_secs(a.backend_timeout),
-        )?;
+        vm.add_vhost_user(d.kind, &d.socket, timeout)?;
+    }
+    if let Some(s) = &started {
+        for (kind, sock) in &s.sockets {
+            vm.add_vhost_user(*kind, sock, timeout)?;
+        }
     }
     vm.load_kernel(&a.kernel, a.initrd.as_deref(), &a.params)?;
     if let Some(p) = &a.control {
@@ -150,6 +216,9 @@ pub fn run(a: RunArgs) -> Result<i32> {
         log::warn!("SIGTERM will not stop the VM cleanly: {e}");
     }
     let reason = vm.run();
+    if let Some(s) = started.as_mut() {
+        s.stop();
+    }
     let code = reason.exit_code();
     if code == 0 {
         log::info!("VM ended: {reason}");

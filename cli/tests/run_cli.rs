@@ -154,3 +154,43 @@ fn stop_without_a_vmm() {
     assert_one_line_error(&["stop", &p], "is `cordon run -s");
     assert_one_line_error(&["status", &p], "is `cordon run -s");
 }
+
+#[test]
+fn convenience_flag_with_a_missing_image() {
+    // The block backend `cordon run` starts cannot open the image: one line naming the
+    // flag and the cause, no hang, no socket directory left behind.
+    let dir = tmp();
+    let kernel = fake_kernel(dir.path());
+    let img = dir.path().join("missing.img");
+    let opt = format!("path={}", img.display());
+    assert_one_line_error(
+        &["run", "--kernel", &kernel, "--block", &opt],
+        "--block path=",
+    );
+    let (_, stderr) = cordon(&["run", "--kernel", &kernel, "--block", &opt]);
+    assert!(stderr.contains("missing.img"), "{stderr}");
+}
+
+#[test]
+fn convenience_flag_rejects_vhost_and_bad_syntax() {
+    let dir = tmp();
+    let kernel = fake_kernel(dir.path());
+    assert_one_line_error(
+        &[
+            "run",
+            "--kernel",
+            &kernel,
+            "--block",
+            "path=/x,vhost=/tmp/s",
+        ],
+        "--vhost-user type=block",
+    );
+    assert_one_line_error(
+        &["run", "--kernel", &kernel, "--vsock", "cid=\"3"],
+        "--vsock",
+    );
+    assert_one_line_error(
+        &["run", "--kernel", &kernel, "--rng", "--net", "bogus=1"],
+        "--net",
+    );
+}

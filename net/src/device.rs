@@ -338,6 +338,12 @@ impl NetDevice {
         vring: &VringRwLock,
     ) -> io::Result<()> {
         let fd = self.tap.fd(i);
+        if !vring.get_ref().get_queue().ready() {
+            // Stopped by the frontend (reset, disconnect): leave the TAP alone, or its
+            // readiness would call us again and again until the next kick.
+            inner.pairs[i].rx_armed = false;
+            return Ok(());
+        }
         let mut used_any = false;
         let mut frame = Vec::new();
         loop {
@@ -371,7 +377,12 @@ impl NetDevice {
                     inner.pairs[i].pending = Some(f);
                     // Stop watching the TAP until the guest adds buffers (its kick resumes us).
                     inner.pairs[i].rx_armed = false;
-                    if inner.event_idx && vring.enable_notification().map_err(io::Error::other)? {
+                    // A guest refills only after it has seen the buffers already used.
+                    if used_any && vring.needs_notification().map_err(io::Error::other)? {
+                        vring.signal_used_queue()?;
+                    }
+                    used_any = false;
+                    if Self::rearm_rx(mem, vring)? {
                         continue;
                     }
                     break;
@@ -382,6 +393,29 @@ impl NetDevice {
             vring.signal_used_queue()?;
         }
         Ok(())
+    }
+
+    /// Asks the guest for a kick when it adds RX buffers beyond those already posted, and
+    /// returns whether it added some meanwhile. A frame that needs more buffers than are
+    /// posted leaves them posted (`deliver` rewinds), so `enable_notification` alone would
+    /// both see "more buffers" forever (a spin that never lets the guest run its refill)
+    /// and publish an `avail_event` behind the driver's index (so no kick would come).
+    fn rearm_rx(mem: &Guard, vring: &VringRwLock) -> io::Result<bool> {
+        let mut state = vring.get_mut();
+        let q = state.get_queue_mut();
+        if !q.ready() {
+            return Ok(false);
+        }
+        let rewound = q.next_avail();
+        let posted = q
+            .avail_idx(&**mem, std::sync::atomic::Ordering::Acquire)
+            .map_err(io::Error::other)?;
+        // enable_notification publishes next_avail as avail_event (with EVENT_IDX) and
+        // compares the available index to it: point it at the end of what is posted.
+        q.set_next_avail(posted.0);
+        let more = q.enable_notification(&**mem).map_err(io::Error::other);
+        q.set_next_avail(rewound);
+        more
     }
 
     /// Places one frame (vnet header included) into RX buffers.

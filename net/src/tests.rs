@@ -387,6 +387,67 @@ fn full_rx_queue_back_pressures_then_delivers_everything_in_order() {
     );
 }
 
+/// Host→guest bulk TCP found this under a real guest (bench/results/guest.md): with
+/// EVENT_IDX and merged RX buffers, a frame needing more buffers than the guest has posted
+/// made the device spin (re-arming saw the posted-but-rewound buffers as new ones) without
+/// ever signalling the frames it had already delivered, so the guest never refilled.
+#[test]
+fn event_idx_frame_larger_than_posted_buffers_waits_for_a_kick_without_spinning() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use vhost_user_backend::VringT;
+    let _ns = Netns::enter();
+    let features =
+        acked(true, false) | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX);
+    let mut g = Guest::new(tap_cfg("ctap9", 1), features, 16, 256);
+    for v in &g.vrings {
+        v.set_queue_event_idx(true);
+    }
+    g.dev.set_event_idx(true);
+    let _ = host_mac(&mut g);
+    let sock = UdpSocket::bind((HOST, 6100)).unwrap();
+    // 1400-byte datagrams: 1454 bytes with the vnet header, 6 buffers of 256 each; 16
+    // posted buffers hold two of them and leave a partial set for the third.
+    for i in 0..3u8 {
+        sock.send_to(&[i; 1400], (GUEST, 7100)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // A spinning device never returns from process(): fail loudly instead of hanging.
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(20));
+            if !done.load(Ordering::SeqCst) {
+                eprintln!("net device spun in process_rx with a partial set of RX buffers");
+                std::process::abort();
+            }
+        })
+    };
+    g.dev.process(g.dev.host_event(), &g.vrings).unwrap();
+    done.store(true, Ordering::SeqCst);
+    drop(watchdog);
+    let first = g.rxq[0].take_used();
+    let udp = |used: &[(u16, Vec<u8>)]| {
+        used.iter()
+            .filter(|(_, b)| b.len() > VNET_HDR_LEN && is_udp_to(&b[VNET_HDR_LEN..], 7100))
+            .count()
+    };
+    assert_eq!(
+        udp(&first),
+        2,
+        "two frames fit the posted buffers, the third waits"
+    );
+    // The device asked for a kick on the very next buffer the guest adds.
+    let idx = g.rxq[0].avail_idx();
+    assert_eq!(g.rxq[0].avail_event(), idx);
+    assert!(g.rxq[0].would_kick(true, idx, idx.wrapping_add(1)));
+    // The guest refills (and kicks): the waiting frame arrives, whole.
+    let (h, f) = g.recv_until(0, |f| is_udp_to(f, 7100));
+    assert_eq!(h.num_buffers, 6);
+    assert_eq!(&f[42..], &[2u8; 1400][..]);
+}
+
 #[test]
 fn malformed_tx_frames_are_refused_and_device_keeps_working() {
     let _ns = Netns::enter();

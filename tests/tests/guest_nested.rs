@@ -1,7 +1,8 @@
 //! Runner B: an L2 guest booted by a KVM VMM inside the L1 guest (nested on PVM hosts,
 //! directly on KVM hosts). With the stand-in VMM (QEMU): L1 reports a working /dev/kvm, L2
 //! boots the Debian kernel and its agent's results come back through L1's console. With
-//! Cordon's VMM (`cordon run`): L2 uses Cordon's rng and console backends, jailed in L1.
+//! Cordon's VMM (`cordon run`): L2 uses Cordon's rng, console and block backends, jailed in
+//! L1, runs on two vCPUs and ends with an ACPI power-off.
 
 use cordon_tests::guest::{Check, NestedRunner};
 
@@ -22,8 +23,9 @@ fn nested_l2_guest_boots_under_stand_in_vmm() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The L1 script: Cordon's own VMM (`cordon run`, static binary) boots L2 with Cordon's
-/// rng, serial and block backends, each jailed inside L1. The console backend writes the guest's
+/// The L1 script: Cordon's own VMM (`cordon run`, static binary) boots L2 on two vCPUs
+/// with Cordon's rng, serial and block backends, each jailed inside L1; the L2 agent ends
+/// with `poweroff` (ACPI S5), which must end `cordon run` with exit code 0. The console backend writes the guest's
 /// output to a file (printed in hex at the end) and reads its input from a fifo, which the
 /// script feeds once the guest's output arrived.
 const CORDON_RUN_IN_L1: &str = r#"mkfifo /tmp/con.in; exec 3<>/tmp/con.in
@@ -43,7 +45,8 @@ done
 # The VMM's output goes through a pipe: with L1's console (a tty) as stdout, its seccomp
 # filter killed it on an ioctl (SIGSYS, syscall 16).
 set -o pipefail
-cordon run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --params "$L2_CMDLINE" --mem 256 \
+params=$(echo "$L2_CMDLINE" | sed 's/cordon.exit=reboot/cordon.exit=poweroff/')
+cordon run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --params "$params" --mem 256 --cpus 2 \
   --no-console-input --vhost-user type=rng,socket=/tmp/rng.sock --vhost-user type=console,socket=/tmp/con.sock \
   --vhost-user type=block,socket=/tmp/blk.sock < /dev/null 2>&1 | cat
 rc=$?
@@ -67,6 +70,7 @@ fn cordon_run_boots_l2_with_jailed_cordon_rng_console_and_block() -> anyhow::Res
         .file_bytes("disk.img", &disk)
         .script(CORDON_RUN_IN_L1)
         .l2_checks(&[
+            Check::kernel(),
             Check::hwrng(32),
             Check::new("console")
                 .bytes("out", b"GUEST-OUT")
@@ -76,6 +80,13 @@ fn cordon_run_boots_l2_with_jailed_cordon_rng_console_and_block() -> anyhow::Res
             Check::blk_rw("vda", 1 << 20, 4096),
         ])
         .run()?;
+    // ACPI: the guest brought both vCPUs online and its power-off ended the VMM (exit 0,
+    // checked by the script's exit code).
+    assert_eq!(r.check_in("l2", "kernel")?.value("cpus")?, "2");
+    assert!(
+        r.console.contains("guest powered off (ACPI S5)"),
+        "the VMM did not report an ACPI power-off"
+    );
     let h = r.check_in("l2", "hwrng")?;
     assert_ne!(h.bytes("first")?, h.bytes("second")?);
     // Host input reached the guest; guest output reached the backend's output file.
@@ -100,5 +111,77 @@ fn cordon_run_boots_l2_with_jailed_cordon_rng_console_and_block() -> anyhow::Res
         b"HELLO-FROM-HOST!"
     );
     assert!(r.console.contains("L1-DISK-AT-512 GUEST-WROTE-THIS"));
+    Ok(())
+}
+
+/// The L1 script for `cordon run`'s convenience flags: `--block path=...` and `--rng` make
+/// the VMM start the jailed backends itself (one `cordon devices` supervisor). While L2
+/// runs, the script reports the seccomp mode of each device process (the leaves under the
+/// supervisor); after the guest's reboot it reports any of them still alive.
+const CORDON_RUN_STARTS_BACKENDS_IN_L1: &str = r#"mkfifo /tmp/vmm.out; cat /tmp/vmm.out &
+cordon run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --params "$L2_CMDLINE" --mem 256 \
+  --no-console-input --block path=disk.img --rng < /dev/null > /tmp/vmm.out 2>&1 &
+vmm=$!
+leaves=""; sup=""
+i=0; while [ $i -lt 600 ]; do
+  set -- $(cat /proc/$vmm/task/$vmm/children 2>/dev/null); sup=$1
+  leaves=""; n=0; ok=0
+  for kid in $(cat /proc/$sup/task/$sup/children 2>/dev/null); do
+    p=$kid; while set -- $(cat /proc/$p/task/$p/children 2>/dev/null) && [ $# = 1 ]; do p=$1; done
+    leaves="$leaves $p"; n=$((n+1))
+    grep -q '^Seccomp:[[:space:]]*2' /proc/$p/status 2>/dev/null && ok=$((ok+1))
+  done
+  [ -n "$sup" ] && [ $n = 2 ] && [ $ok = 2 ] && break
+  sleep 0.1; i=$((i+1))
+done
+for p in $leaves; do echo "L1-BACKEND-JAIL $(cat /proc/$p/comm) $(grep -E '^Seccomp:' /proc/$p/status | tr '\t' ' ')"; done
+wait $vmm; rc=$?
+sleep 0.2
+for p in $sup $leaves; do [ -d /proc/$p ] && echo "L1-BACKEND-LEFT $p $(cat /proc/$p/comm)"; done
+echo "L1-SOCKETS-LEFT $(ls -d /tmp/cordon-run-* 2>/dev/null | wc -l)"
+echo "L1-DISK-AT-512 $(dd if=disk.img bs=512 skip=1 count=1 2>/dev/null | head -c 16)"
+dmesg | grep -iE 'audit.*type=1326' | sed 's/^/L1-SECCOMP /' | tail -5
+exit $rc
+"#;
+
+#[test]
+fn cordon_run_starts_jailed_block_and_rng_backends_itself() -> anyhow::Result<()> {
+    let mut disk = vec![0u8; 2 << 20];
+    disk[..16].copy_from_slice(b"HELLO-FROM-HOST!");
+    let r = NestedRunner::new()?
+        .static_bin("cordon", "cordon")?
+        .file_bytes("disk.img", &disk)
+        .script(CORDON_RUN_STARTS_BACKENDS_IN_L1)
+        .l2_checks(&[
+            Check::kernel(),
+            Check::hwrng(32),
+            Check::blk_read("vda", 0, 16),
+            Check::blk_write("vda", 512, b"GUEST-WROTE-THIS"),
+        ])
+        .run()?;
+    // One CPU and the i8042 reboot (the default --cpus and the agent's reboot=k path).
+    assert_eq!(r.check_in("l2", "kernel")?.value("cpus")?, "1");
+    let h = r.check_in("l2", "hwrng")?;
+    assert_ne!(h.bytes("first")?, h.bytes("second")?);
+    assert_eq!(
+        r.check_in("l2", "blk-read")?.bytes("hex")?,
+        b"HELLO-FROM-HOST!"
+    );
+    assert!(r.console.contains("L1-DISK-AT-512 GUEST-WROTE-THIS"));
+    let jails: Vec<&str> = r
+        .console
+        .lines()
+        .filter(|l| l.starts_with("L1-BACKEND-JAIL "))
+        .collect();
+    assert_eq!(jails.len(), 2, "two device processes: {jails:?}");
+    assert!(
+        jails.iter().all(|l| l.ends_with("Seccomp: 2")),
+        "backends not under seccomp: {jails:?}"
+    );
+    assert!(
+        !r.console.contains("L1-BACKEND-LEFT"),
+        "backend processes outlived the VM"
+    );
+    assert!(r.console.contains("L1-SOCKETS-LEFT 0"));
     Ok(())
 }

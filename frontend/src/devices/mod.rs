@@ -1,6 +1,7 @@
 //! Legacy devices the VMM emulates itself: the 16550 serial console, the i8042 controller
-//! (its reset line) and a read-only CMOS clock.
+//! (its reset line), a read-only CMOS clock and the ACPI power-management registers.
 
+pub mod acpi_pm;
 pub mod i8042;
 pub mod rtc;
 pub mod serial;

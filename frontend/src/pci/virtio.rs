@@ -149,7 +149,7 @@ impl VirtioPci {
         mcap.extend_from_slice(&(MSIX_TABLE_OFF as u32).to_le_bytes());
         mcap.extend_from_slice(&(MSIX_PBA_OFF as u32).to_le_bytes());
         let msix_cap = cfg.add_capability(&mcap, &[]);
-        let msix = Msix::new(nvec, &vm, router)?;
+        let msix = Msix::new(nvec, vm.clone(), router)?;
         let mut kicks = Vec::new();
         for _ in 0..nq {
             kicks.push(
@@ -472,7 +472,7 @@ impl PciDevice for VirtioPci {
             o if (MSIX_TABLE_OFF..MSIX_PBA_OFF).contains(&o) => {
                 self.msix.table_read(o - MSIX_TABLE_OFF, data)
             }
-            o if o >= MSIX_PBA_OFF => self.msix.pba_read(data),
+            o if o >= MSIX_PBA_OFF => self.msix.pba_read(o - MSIX_PBA_OFF, data),
             _ => {}
         }
     }

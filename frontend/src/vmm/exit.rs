@@ -9,8 +9,10 @@ use super::bus::lock;
 /// Why the VM ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExitReason {
-    /// The guest reset the CPU through the i8042 (`reboot`, or `poweroff` falling back to it).
+    /// The guest reset the CPU (i8042 or ACPI reset register: `reboot`).
     GuestReset,
+    /// The guest entered ACPI S5 (`poweroff`).
+    PowerOff,
     /// `cordon stop` or the control socket asked for it.
     Stopped,
     /// A vCPU halted with interrupts off (test code; Linux never does with an in-kernel LAPIC).
@@ -25,7 +27,10 @@ impl ExitReason {
     /// The process exit code `cordon run` uses.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::GuestReset | ExitReason::Stopped | ExitReason::Halted => 0,
+            ExitReason::GuestReset
+            | ExitReason::PowerOff
+            | ExitReason::Stopped
+            | ExitReason::Halted => 0,
             ExitReason::TripleFault | ExitReason::Error(_) => 1,
         }
     }
@@ -34,7 +39,8 @@ impl ExitReason {
 impl std::fmt::Display for ExitReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ExitReason::GuestReset => write!(f, "guest reset (reboot/poweroff)"),
+            ExitReason::GuestReset => write!(f, "guest reset (reboot)"),
+            ExitReason::PowerOff => write!(f, "guest powered off (ACPI S5)"),
             ExitReason::Stopped => write!(f, "stopped by request"),
             ExitReason::Halted => write!(f, "vCPU halted"),
             ExitReason::TripleFault => {

@@ -23,7 +23,8 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryReg
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::arch::x86_64::{cpuid, mptable, regs, IOAPIC_ADDR};
+use crate::arch::x86_64::{acpi, cpuid, mptable, regs, IOAPIC_ADDR};
+use crate::devices::acpi_pm::{AcpiPm, PM_LEN, PM_PORT};
 use crate::devices::i8042::{I8042, I8042_LEN, I8042_PORT};
 use crate::devices::rtc::{Rtc, RTC_LEN, RTC_PORT};
 use crate::devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT};
@@ -88,6 +89,9 @@ pub enum VmError {
     /// MP table.
     #[error(transparent)]
     MpTable(#[from] mptable::MpTableError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     /// Bus setup.
     #[error(transparent)]
     Bus(#[from] bus::BusError),
@@ -212,8 +216,16 @@ impl Vm {
                 .map_err(kvm_err("KVM_IOEVENTFD (port 0x80)"))?;
         }
 
+        let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Io("exit eventfd", e))?);
+        pio.insert(
+            Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
+            PM_PORT,
+            PM_LEN,
+        )?;
+
         regs::write_boot_tables(&mem)?;
         mptable::write(&mem, cfg.cpus)?;
+        acpi::write(&mem, cfg.cpus)?;
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -264,7 +276,7 @@ impl Vm {
             serial_irq,
             reset_evt,
             _post: post,
-            exit: Arc::new(ExitSignal::new().map_err(|e| VmError::Io("exit eventfd", e))?),
+            exit,
             console_input: cfg.console_input,
             entry: None,
             created,

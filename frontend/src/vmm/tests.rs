@@ -89,3 +89,42 @@ fn halt_with_interrupts_off_and_unknown_ports_do_not_crash() {
     stopper.join().unwrap();
     assert_eq!(lock(&out).as_slice(), &[0xff]);
 }
+
+#[test]
+fn acpi_s5_write_powers_the_vm_off() {
+    // mov ax, (5 << 10) | (1 << 13); mov dx, 0x604; out dx, ax; hlt
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let mut vm = vm(out);
+    let code = [
+        0x66, 0xb8, 0x00, 0x34, 0x66, 0xba, 0x04, 0x06, 0x66, 0xef, 0xf4,
+    ];
+    vm.load_code(CODE_ADDR, &code).unwrap();
+    let r = vm.run();
+    assert_eq!(r, ExitReason::PowerOff);
+    assert_eq!(r.exit_code(), 0);
+}
+
+#[test]
+fn acpi_tables_are_in_guest_memory_for_every_vcpu() {
+    let vm = Vm::new(VmConfig {
+        mem_mib: 32,
+        cpus: 3,
+        console: ConsoleOutput::Sink,
+        console_input: false,
+    })
+    .expect("KVM VM (needs /dev/kvm)");
+    let mem = vm.memory();
+    let mut rsdp = [0u8; 36];
+    mem.read_slice(&mut rsdp, GuestAddress(acpi::RSDP_ADDR))
+        .unwrap();
+    assert_eq!(&rsdp[..8], b"RSD PTR ");
+    let xsdt = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
+    let madt: u64 = mem.read_obj(GuestAddress(xsdt + 44)).unwrap();
+    let mut hdr = [0u8; 8];
+    mem.read_slice(&mut hdr, GuestAddress(madt)).unwrap();
+    assert_eq!(&hdr[..4], b"APIC");
+    let len = u32::from_le_bytes(hdr[4..8].try_into().unwrap()) as usize;
+    let mut m = vec![0u8; len];
+    mem.read_slice(&mut m, GuestAddress(madt)).unwrap();
+    assert_eq!(m, acpi::madt(3));
+}

@@ -62,8 +62,12 @@ fn end_guest(exit: spec::Exit) {
         spec::Exit::PowerOff => libc::LINUX_REBOOT_CMD_POWER_OFF,
         spec::Exit::Reboot => libc::LINUX_REBOOT_CMD_RESTART,
     };
-    // SAFETY: sync(2) and reboot(2) take no pointers.
+    // SAFETY: tcdrain(3), sync(2) and reboot(2) take no pointers. tcdrain waits until the
+    // console (a UART) has sent every result line: the kernel's own "reboot: ..." message
+    // is written synchronously and, on an SMP guest, landed in the middle of a line that
+    // another CPU was still transmitting.
     unsafe {
+        libc::tcdrain(libc::STDOUT_FILENO);
         libc::sync();
         libc::reboot(cmd);
     }

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 /// How long `vsock-connect` keeps retrying while the guest is not listening yet.
 const CONNECT_RETRY: Duration = Duration::from_secs(120);
 
+/// How long a `send` peer waits on a stream that stopped moving.
+const SEND_STALL: Duration = Duration::from_secs(60);
+
 /// Usage of `--peer`.
 const USAGE: &str = "usage: --peer unix-echo PATH | --peer vsock-connect UDS PORT LEN | \
 --peer sink tcp ADDR | --peer sink unix PATH | --peer send tcp ADDR LEN | \
@@ -246,6 +249,10 @@ pub(crate) fn send_tcp(addr: &str, len: u64) -> Result<Sent, String> {
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     };
+    // A stalled stream ends with an error saying how far it got, not a hang.
+    s.set_write_timeout(Some(SEND_STALL))
+        .and_then(|_| s.set_read_timeout(Some(SEND_STALL)))
+        .map_err(|e| e.to_string())?;
     send_on(s, |s| drop(s.shutdown(Shutdown::Write)), len)
 }
 
@@ -292,6 +299,9 @@ fn send(args: &[String]) -> Result<(), String> {
                     Err(_) => std::thread::sleep(Duration::from_millis(300)),
                 }
             };
+            s.set_write_timeout(Some(SEND_STALL))
+                .and_then(|_| s.set_read_timeout(Some(SEND_STALL)))
+                .map_err(|e| e.to_string())?;
             let sent = send_on(s, |s| drop(s.shutdown(Shutdown::Write)), len)?;
             (format!("vsock {port}"), sent)
         }

@@ -4,6 +4,8 @@
 //! mode very slowly), with identity-mapped page tables, a flat GDT, `rsi` pointing at the
 //! zero page, and `rip` at the kernel's 64-bit entry point.
 
+pub mod acpi;
+pub mod aml;
 pub mod cpuid;
 pub mod gdt;
 pub mod mptable;

@@ -3,6 +3,7 @@
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::acpi::RSDP_ADDR;
 use super::{CMDLINE_ADDR, HIMEM_START, LOW_RAM_END, ZERO_PAGE_ADDR};
 use crate::vmm::memory::{ram_ranges, GuestMem};
 
@@ -79,6 +80,7 @@ pub fn write(
         hdr.ramdisk_size = i.size as u32;
     }
     params.hdr = hdr;
+    params.acpi_rsdp_addr = RSDP_ADDR;
     let map = e820_map(mem_size);
     for (i, e) in map.iter().enumerate() {
         params.e820_table[i] = *e;

@@ -30,6 +30,7 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("net-ping", stream::ping),
     ("net-tcp", stream::tcp_connect),
     ("net-tcp-listen", stream::tcp_listen),
+    ("net-stats", stream::stats),
     ("vsock-connect", stream::vsock_connect),
     ("vsock-listen", stream::vsock_listen),
     ("bench-blk", bench::blk),

@@ -45,6 +45,41 @@ fn first_iface() -> Result<String, String> {
         .ok_or_else(|| "no network interface (virtio_net missing?)".into())
 }
 
+/// `net-stats[:iface=NAME]`: the interface's counters (/sys/class/net/NAME/statistics) and
+/// the kernel's TCP counters (/proc/net/snmp), for diagnosing a stalled stream.
+pub fn stats(c: &CheckSpec) -> Result<Outcome, String> {
+    let iface = match c.params.get("iface") {
+        Some(i) => i.clone(),
+        None => first_iface()?,
+    };
+    let mut out = Outcome::pass(format!("counters of {iface}"));
+    for k in [
+        "rx_packets",
+        "rx_bytes",
+        "rx_dropped",
+        "rx_errors",
+        "tx_packets",
+        "tx_bytes",
+        "tx_dropped",
+    ] {
+        let v = crate::sysutil::read_trim(&format!("/sys/class/net/{iface}/statistics/{k}"))?;
+        out = out.with(k, v);
+    }
+    let snmp =
+        std::fs::read_to_string("/proc/net/snmp").map_err(|e| format!("/proc/net/snmp: {e}"))?;
+    let tcp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    if let [names, values] = tcp.as_slice() {
+        let pairs: Vec<String> = names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .skip(1)
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        out = out.with("tcp", pairs.join(" "));
+    }
+    Ok(out)
+}
+
 /// `net-ping:ip=CIDR:peer=IP[:count=3]`: brings the interface up and pings the peer.
 pub fn ping(c: &CheckSpec) -> Result<Outcome, String> {
     let iface = net_up(c)?;

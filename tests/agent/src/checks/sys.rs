@@ -1,5 +1,5 @@
-//! System checks: `kernel` (boot proof, kernel release, uptime) and `kvm` (/dev/kvm usable,
-//! for the nested L1).
+//! System checks: `kernel` (boot proof, kernel release, uptime, online CPUs) and `kvm`
+//! (/dev/kvm usable, for the nested L1).
 
 use crate::report::Outcome;
 use crate::spec::CheckSpec;
@@ -8,14 +8,23 @@ use std::os::unix::io::AsRawFd;
 
 const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
 
-/// `kernel`: reports the kernel release and the uptime at which the agent ran.
+/// `kernel`: reports the kernel release, the uptime at which the agent ran and the number
+/// of CPUs the guest brought online (processor entries in /proc/cpuinfo).
 pub fn kernel(_c: &CheckSpec) -> Result<Outcome, String> {
     let release = read_trim("/proc/sys/kernel/osrelease")?;
     let uptime = read_trim("/proc/uptime")?;
     let up = uptime.split_whitespace().next().unwrap_or("?").to_string();
-    Ok(Outcome::pass(format!("{release}, up {up} s"))
-        .with("release", release)
-        .with("uptime", up))
+    let cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .map_err(|e| format!("/proc/cpuinfo: {e}"))?
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    Ok(
+        Outcome::pass(format!("{release}, up {up} s, {cpus} CPU(s)"))
+            .with("release", release)
+            .with("uptime", up)
+            .with("cpus", cpus),
+    )
 }
 
 /// `kvm`: /dev/kvm opens and answers KVM_GET_API_VERSION with 12.
