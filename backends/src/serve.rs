@@ -11,7 +11,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use crate::connection::Endpoint;
 use crate::inflight::Inflight;
-use crate::relay::Relay;
+use crate::relay::{Fixups, Relay};
 use crate::sandbox::JailPlan;
 use crate::served::Served;
 
@@ -34,6 +34,16 @@ pub trait Backend:
     /// Called after the frontend went away and the workers stopped: drop per-connection state
     /// (the registrars, guest memory references, pending requests).
     fn disconnected(&self) {}
+
+    /// Whether frontends of this device are known to send `SET_VRING_ENABLE` before
+    /// acknowledging `VHOST_USER_F_PROTOCOL_FEATURES` (QEMU's vhost-user-net). Then every
+    /// connection goes through a message relay that absorbs such early enables
+    /// ([`crate::relay::Fixups`]); the device's policy must allow AF_UNIX `socket`, `bind`,
+    /// `listen` and `connect` (the relay's private abstract socket in the jail's own network
+    /// namespace).
+    fn relay_early_vring_enable(&self) -> bool {
+        false
+    }
 }
 
 /// Registers extra file descriptors with one vring worker thread's epoll loop.
@@ -174,48 +184,13 @@ pub fn set_process_name(name: &str) {
     }
 }
 
-/// A private listener inside the jail: the daemon accepts the proxied connection from it
-/// (rust-vmm's daemon only accepts from a listener).
-struct InnerListener {
-    listener: Listener,
-    addr: std::os::unix::net::SocketAddr,
-}
-
-impl InnerListener {
-    fn new() -> io::Result<Self> {
-        use std::os::linux::net::SocketAddrExt;
-        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let name = format!(
-            "cordon-proxy-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-        let l = std::os::unix::net::UnixListener::bind_addr(&addr)?;
-        Ok(InnerListener {
-            listener: Listener::from(l),
-            addr,
-        })
-    }
-}
-
-/// Accepts the next frontend from `listener` (blocking).
-fn accept_frontend(listener: &mut Listener) -> Result<std::os::unix::net::UnixStream, ServeError> {
-    loop {
-        match listener.accept() {
-            Ok(Some(s)) => return Ok(s),
-            Ok(None) => continue,
-            Err(e) => return Err(ServeError::Daemon(format!("accept: {e}"))),
-        }
-    }
-}
-
 /// The serving loop proper (already jailed, or unjailed by choice): one fresh daemon per
 /// frontend, reset between frontends; returns after one frontend when `single`.
 ///
-/// A device that offers VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD is served through the message
-/// proxy of [`crate::intercept`]: the loop accepts the frontend itself, connects a private
-/// socket to the daemon and relays between the two.
+/// Devices that need the message relay (frontend fix-ups, or
+/// VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD answered by [`crate::intercept`]) get one per
+/// connection: the loop accepts the frontend itself and the daemon accepts the relayed
+/// connection from the relay's private listener.
 fn serve_loop<B: Backend>(
     backend: Arc<B>,
     mut listener: Listener,
@@ -224,25 +199,21 @@ fn serve_loop<B: Backend>(
     name: &str,
 ) -> Result<(), ServeError> {
     use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
+    let fixups = backend.relay_early_vring_enable();
     let wants_inflight = backend.protocol_features().contains(P::INFLIGHT_SHMFD);
     let new_inflight = || Inflight::new(name, backend.num_queues(), backend.max_queue_size());
+    let per_connection_relay = (fixups || wants_inflight) && relay.is_none();
     let mut fd_inflight = None;
     if let Some(relay) = relay {
         fd_inflight = wants_inflight.then(new_inflight);
         relay
-            .start(fd_inflight.clone())
+            .start_full(fixups.then(Fixups::default), fd_inflight.clone())
             .map_err(ServeError::Relay)?;
     }
-    let mut proxy = if wants_inflight && fd_inflight.is_none() {
-        Some(InnerListener::new().map_err(ServeError::Relay)?)
-    } else {
-        None
-    };
     loop {
-        let inflight = match (&fd_inflight, &proxy) {
-            (Some(i), _) => Some(i.clone()),
-            (None, Some(_)) => Some(new_inflight()),
-            (None, None) => None,
+        let inflight = match &fd_inflight {
+            Some(i) => Some(i.clone()),
+            None => wants_inflight.then(new_inflight),
         };
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let served = Served::with_inflight(backend.clone(), inflight.clone());
@@ -257,21 +228,13 @@ fn serve_loop<B: Backend>(
             .connected(registrars)
             .map_err(|e| ServeError::Daemon(format!("device setup: {e}")))?;
         log::info!("{name}: waiting for a frontend");
-        match proxy.as_mut() {
-            Some(p) => {
-                let outer = accept_frontend(&mut listener)?;
-                let inner = std::os::unix::net::UnixStream::connect_addr(&p.addr)
-                    .map_err(ServeError::Relay)?;
-                crate::relay::pump_pair(outer, inner, inflight.clone())
-                    .map_err(ServeError::Relay)?;
-                daemon
-                    .start(&mut p.listener)
-                    .map_err(|e| ServeError::Daemon(e.to_string()))?;
-            }
-            None => daemon
-                .start(&mut listener)
-                .map_err(|e| ServeError::Daemon(e.to_string()))?,
+        if per_connection_relay {
+            let mut inner = relayed_connection(&listener, fixups, inflight.clone())?;
+            daemon.start(&mut inner)
+        } else {
+            daemon.start(&mut listener)
         }
+        .map_err(|e| ServeError::Daemon(e.to_string()))?;
         log::info!("{name}: frontend connected");
         let result = daemon.wait();
         drop(daemon);
@@ -290,6 +253,29 @@ fn serve_loop<B: Backend>(
             return outcome.map_err(ServeError::Connection);
         }
     }
+}
+
+/// Accepts the next frontend on `listener` and puts a relay in front of it (fix-ups and/or
+/// inflight answers); returns the relay's private listener, from which the daemon accepts
+/// the relayed connection.
+fn relayed_connection(
+    listener: &Listener,
+    fixups: bool,
+    inflight: Option<Arc<Inflight>>,
+) -> Result<Listener, ServeError> {
+    let outer = loop {
+        match listener.accept() {
+            Ok(Some(s)) => break s,
+            Ok(None) => continue,
+            Err(e) => return Err(ServeError::Daemon(format!("accept: {e}"))),
+        }
+    };
+    let relay = Relay::new(outer).map_err(ServeError::Relay)?;
+    let inner = relay.listener.try_clone().map_err(ServeError::Relay)?;
+    relay
+        .start_full(fixups.then(Fixups::default), inflight)
+        .map_err(ServeError::Relay)?;
+    Ok(Listener::from(inner))
 }
 
 fn is_disconnect(e: &vhost_user_backend::Error) -> bool {
