@@ -5,6 +5,11 @@
 //! jail is entered), and relay whole vhost-user messages, file descriptors included, between
 //! the inherited socket and that private connection. Only the control plane passes through
 //! the relay: guest memory, kicks and calls are shared memory and eventfds, untouched.
+//!
+//! The same relay, with [`Relay::start_with_fixups`], also sits in front of devices whose
+//! frontends break a rule rust-vmm's request handler enforces (see [`Fixups`]); then it is
+//! created per connection inside the jail (its private listener is an abstract socket of the
+//! jail's own network namespace).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -19,6 +24,108 @@ const HEADER_LEN: usize = 12;
 const MAX_PAYLOAD: usize = 64 * 1024;
 /// Most descriptors one message may carry.
 const MAX_FDS: usize = 32;
+
+/// vhost-user request codes the fix-ups look at.
+const SET_FEATURES: u32 = 2;
+const SET_VRING_ENABLE: u32 = 18;
+/// Header flags: protocol version 1, reply, need-reply.
+const FLAG_VERSION: u32 = 0x1;
+const FLAG_REPLY: u32 = 0x4;
+const FLAG_NEED_REPLY: u32 = 0x8;
+/// `VHOST_USER_F_PROTOCOL_FEATURES`, a backend-only virtio feature bit.
+const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
+
+/// Frontend quirks the relay absorbs before the daemon sees the messages.
+///
+/// QEMU's vhost-user-net (`virtio-net-pci` + `-netdev vhost-user`) sends
+/// `SET_VRING_ENABLE` before `SET_FEATURES`: when the device is realized, and again when the
+/// guest driver starts it (it restores the enable state, then sends `SET_FEATURES`; it checks
+/// the offered, not the acknowledged, `VHOST_USER_F_PROTOCOL_FEATURES`). rust-vmm's handler
+/// answers such a message with an "inactive feature" error and drops the frontend. The relay
+/// acknowledges it itself (`0` = success, when a reply was asked for), remembers the state
+/// per vring, and replays it to the daemon right after a `SET_FEATURES` that acknowledges
+/// PROTOCOL_FEATURES (without it, the rings start enabled anyway).
+#[derive(Debug, Default)]
+pub struct Fixups {
+    /// The frontend acknowledged `VHOST_USER_F_PROTOCOL_FEATURES` with `SET_FEATURES`.
+    protocol_features_acked: bool,
+    /// Enable states (vring index -> 0/1) absorbed and not replayed yet.
+    pending: std::collections::BTreeMap<u32, u32>,
+}
+
+/// What the relay does with one frontend message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fix {
+    /// Forward it unchanged.
+    Forward,
+    /// Do not forward it; send this reply (if any) back to the frontend.
+    Absorb(Option<Vec<u8>>),
+    /// Forward it, then these messages (to the daemon, no reply expected).
+    ForwardThen(Vec<Vec<u8>>),
+}
+
+fn message(request: u32, flags: u32, payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(HEADER_LEN + payload.len());
+    m.extend_from_slice(&request.to_le_bytes());
+    m.extend_from_slice(&flags.to_le_bytes());
+    m.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    m.extend_from_slice(payload);
+    m
+}
+
+impl Fixups {
+    /// Decides what to do with one frontend message (`msg` = header + payload).
+    pub fn check(&mut self, msg: &[u8]) -> Fix {
+        let word = |i: usize| {
+            msg.get(i..i + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let (Some(request), Some(flags)) = (word(0), word(4)) else {
+            return Fix::Forward;
+        };
+        match request {
+            SET_FEATURES => {
+                let Some(f) = msg.get(HEADER_LEN..HEADER_LEN + 8) else {
+                    return Fix::Forward;
+                };
+                let mut b = [0u8; 8];
+                b.copy_from_slice(f);
+                self.protocol_features_acked = u64::from_le_bytes(b) & PROTOCOL_FEATURES_BIT != 0;
+                if !self.protocol_features_acked || self.pending.is_empty() {
+                    return Fix::Forward;
+                }
+                let replay = std::mem::take(&mut self.pending)
+                    .into_iter()
+                    .map(|(index, num)| {
+                        let mut p = index.to_le_bytes().to_vec();
+                        p.extend_from_slice(&num.to_le_bytes());
+                        message(SET_VRING_ENABLE, FLAG_VERSION, &p)
+                    })
+                    .collect();
+                Fix::ForwardThen(replay)
+            }
+            SET_VRING_ENABLE if !self.protocol_features_acked => {
+                let (Some(index), Some(num)) = (word(HEADER_LEN), word(HEADER_LEN + 4)) else {
+                    return Fix::Forward;
+                };
+                if num > 1 || self.pending.len() >= 256 && !self.pending.contains_key(&index) {
+                    // Malformed: let the daemon reject it.
+                    return Fix::Forward;
+                }
+                self.pending.insert(index, num);
+                let reply = (flags & FLAG_NEED_REPLY != 0).then(|| {
+                    message(
+                        SET_VRING_ENABLE,
+                        FLAG_VERSION | FLAG_REPLY,
+                        &0u64.to_le_bytes(),
+                    )
+                });
+                Fix::Absorb(reply)
+            }
+            _ => Fix::Forward,
+        }
+    }
+}
 
 /// A private listener plus our own, already connected client end.
 pub struct Relay {
@@ -58,23 +165,32 @@ impl Relay {
 
     /// Starts the two copy threads and returns; they end when either side closes.
     pub fn start(self) -> io::Result<()> {
+        self.start_inner(None)
+    }
+
+    /// Like [`start`](Self::start), applying [`Fixups`] to the frontend's messages.
+    pub fn start_with_fixups(self) -> io::Result<()> {
+        self.start_inner(Some(Fixups::default()))
+    }
+
+    fn start_inner(self, fixups: Option<Fixups>) -> io::Result<()> {
         let (a_in, a_out) = (self.outer.try_clone()?, self.inner.try_clone()?);
         let (b_in, b_out) = (self.inner, self.outer);
         thread::Builder::new()
             .name("fd-relay-in".into())
-            .spawn(move || pump(&a_in, &a_out))?;
+            .spawn(move || pump(&a_in, &a_out, fixups))?;
         thread::Builder::new()
             .name("fd-relay-out".into())
-            .spawn(move || pump(&b_in, &b_out))?;
+            .spawn(move || pump(&b_in, &b_out, None))?;
         Ok(())
     }
 }
 
 /// Copies whole messages from `from` to `to` until EOF or error, then shuts both down.
-fn pump(from: &UnixStream, to: &UnixStream) {
+fn pump(from: &UnixStream, to: &UnixStream, mut fixups: Option<Fixups>) {
     let mut buf = vec![0u8; HEADER_LEN + MAX_PAYLOAD];
     loop {
-        match relay_one(from, to, &mut buf) {
+        match relay_one(from, to, &mut buf, fixups.as_mut()) {
             Ok(true) => continue,
             Ok(false) => break,
             Err(e) => {
@@ -88,7 +204,12 @@ fn pump(from: &UnixStream, to: &UnixStream) {
 }
 
 /// Relays one message; Ok(false) on clean EOF.
-fn relay_one(from: &UnixStream, to: &UnixStream, buf: &mut [u8]) -> io::Result<bool> {
+fn relay_one(
+    from: &UnixStream,
+    to: &UnixStream,
+    buf: &mut [u8],
+    fixups: Option<&mut Fixups>,
+) -> io::Result<bool> {
     let mut fds: Vec<OwnedFd> = Vec::new();
     let n = recv_exact(from, &mut buf[..HEADER_LEN], &mut fds)?;
     if n == 0 {
@@ -116,7 +237,30 @@ fn relay_one(from: &UnixStream, to: &UnixStream, buf: &mut [u8]) -> io::Result<b
             ));
         }
     }
-    send_all(to, &buf[..HEADER_LEN + size], &fds)?;
+    let fix = match fixups {
+        Some(f) => f.check(&buf[..HEADER_LEN + size]),
+        None => Fix::Forward,
+    };
+    match fix {
+        Fix::Forward => send_all(to, &buf[..HEADER_LEN + size], &fds)?,
+        Fix::Absorb(reply) => {
+            log::debug!("relay: absorbed a SET_VRING_ENABLE sent before SET_FEATURES");
+            if let Some(r) = reply {
+                send_all(from, &r, &[])?;
+            }
+        }
+        Fix::ForwardThen(replay) => {
+            send_all(to, &buf[..HEADER_LEN + size], &fds)?;
+            log::info!(
+                "relay: replaying {} vring enable state(s) the frontend sent before \
+                 SET_FEATURES (QEMU vhost-user-net)",
+                replay.len()
+            );
+            for m in replay {
+                send_all(to, &m, &[])?;
+            }
+        }
+    }
     Ok(true)
 }
 
@@ -273,5 +417,46 @@ mod tests {
         let mut rest = vec![];
         let _ = accepted.read_to_end(&mut rest);
         assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn early_vring_enable_is_answered_then_replayed_after_set_features() {
+        let mut f = Fixups::default();
+        let enable = |index: u32, num: u32, flags: u32| {
+            let mut p = index.to_le_bytes().to_vec();
+            p.extend_from_slice(&num.to_le_bytes());
+            message(SET_VRING_ENABLE, flags, &p)
+        };
+        // Before SET_FEATURES: absorbed, answered only when a reply is asked for.
+        let reply = message(SET_VRING_ENABLE, FLAG_VERSION | FLAG_REPLY, &[0; 8]);
+        assert_eq!(
+            f.check(&enable(0, 1, FLAG_VERSION | FLAG_NEED_REPLY)),
+            Fix::Absorb(Some(reply))
+        );
+        assert_eq!(f.check(&enable(1, 0, FLAG_VERSION)), Fix::Absorb(None));
+        assert_eq!(f.check(&enable(1, 1, FLAG_VERSION)), Fix::Absorb(None));
+        // Malformed values are left to the daemon.
+        assert_eq!(f.check(&enable(0, 7, FLAG_VERSION)), Fix::Forward);
+        assert_eq!(f.check(&[1, 2, 3]), Fix::Forward);
+        // SET_FEATURES with PROTOCOL_FEATURES: forwarded, then the last state of each ring.
+        let features = message(
+            SET_FEATURES,
+            FLAG_VERSION,
+            &(PROTOCOL_FEATURES_BIT | 1).to_le_bytes(),
+        );
+        assert_eq!(
+            f.check(&features),
+            Fix::ForwardThen(vec![enable(0, 1, FLAG_VERSION), enable(1, 1, FLAG_VERSION)])
+        );
+        // Afterwards everything passes.
+        assert_eq!(f.check(&enable(0, 0, FLAG_NEED_REPLY)), Fix::Forward);
+        assert_eq!(f.check(&features), Fix::Forward);
+        // Without PROTOCOL_FEATURES nothing is replayed (the rings start enabled).
+        let mut g = Fixups::default();
+        assert_eq!(g.check(&enable(0, 1, FLAG_VERSION)), Fix::Absorb(None));
+        assert_eq!(
+            g.check(&message(SET_FEATURES, FLAG_VERSION, &1u64.to_le_bytes())),
+            Fix::Forward
+        );
     }
 }

@@ -33,6 +33,16 @@ pub trait Backend:
     /// Called after the frontend went away and the workers stopped: drop per-connection state
     /// (the registrars, guest memory references, pending requests).
     fn disconnected(&self) {}
+
+    /// Whether frontends of this device are known to send `SET_VRING_ENABLE` before
+    /// acknowledging `VHOST_USER_F_PROTOCOL_FEATURES` (QEMU's vhost-user-net). Then every
+    /// connection goes through a message relay that absorbs such early enables
+    /// ([`crate::relay::Fixups`]); the device's policy must allow AF_UNIX `socket`, `bind`,
+    /// `listen` and `connect` (the relay's private abstract socket in the jail's own network
+    /// namespace).
+    fn relay_early_vring_enable(&self) -> bool {
+        false
+    }
 }
 
 /// Registers extra file descriptors with one vring worker thread's epoll loop.
@@ -182,8 +192,15 @@ fn serve_loop<B: Backend>(
     single: bool,
     name: &str,
 ) -> Result<(), ServeError> {
+    let fixups = backend.relay_early_vring_enable();
+    let per_connection_relay = fixups && relay.is_none();
     if let Some(relay) = relay {
-        relay.start().map_err(ServeError::Relay)?;
+        if fixups {
+            relay.start_with_fixups()
+        } else {
+            relay.start()
+        }
+        .map_err(ServeError::Relay)?;
     }
     loop {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
@@ -199,9 +216,13 @@ fn serve_loop<B: Backend>(
             .connected(registrars)
             .map_err(|e| ServeError::Daemon(format!("device setup: {e}")))?;
         log::info!("{name}: waiting for a frontend");
-        daemon
-            .start(&mut listener)
-            .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        if per_connection_relay {
+            let mut inner = relayed_connection(&listener)?;
+            daemon.start(&mut inner)
+        } else {
+            daemon.start(&mut listener)
+        }
+        .map_err(|e| ServeError::Daemon(e.to_string()))?;
         log::info!("{name}: frontend connected");
         let result = daemon.wait();
         drop(daemon);
@@ -220,6 +241,22 @@ fn serve_loop<B: Backend>(
             return outcome.map_err(ServeError::Connection);
         }
     }
+}
+
+/// Accepts the next frontend on `listener` and puts a fixing relay in front of it; returns
+/// the relay's private listener, from which the daemon accepts the relayed connection.
+fn relayed_connection(listener: &Listener) -> Result<Listener, ServeError> {
+    let outer = loop {
+        match listener.accept() {
+            Ok(Some(s)) => break s,
+            Ok(None) => continue,
+            Err(e) => return Err(ServeError::Daemon(format!("accept: {e}"))),
+        }
+    };
+    let relay = Relay::new(outer).map_err(ServeError::Relay)?;
+    let inner = relay.listener.try_clone().map_err(ServeError::Relay)?;
+    relay.start_with_fixups().map_err(ServeError::Relay)?;
+    Ok(Listener::from(inner))
 }
 
 fn is_disconnect(e: &vhost_user_backend::Error) -> bool {

@@ -56,6 +56,7 @@ impl BlockBackend {
                     scratch: Scratch::default(),
                     poll: poll_window,
                     slept_at: None,
+                    batch_avg: 0,
                 })
             })
             .collect();
@@ -180,7 +181,14 @@ impl BlockBackend {
             }
             // Busy-poll briefly for the driver's next request before sleeping in epoll:
             // saves a kick and a wakeup per request at low queue depth.
-            if done > 0 && poll(vring, &mem, qs.poll) {
+            // Busy-poll only for a driver that keeps several requests in flight: at queue
+            // depth 1 the next request comes after a full round trip through the driver, and
+            // spinning meanwhile only takes CPU from it (measured: fewer IOPS, longer tail).
+            if done > 0 {
+                let sample = u32::try_from(done.min(1024)).unwrap_or(1024) * 16;
+                qs.batch_avg = (qs.batch_avg * 7 + sample) / 8;
+            }
+            if done > 0 && qs.batch_avg >= POLL_MIN_BATCH && poll(vring, &mem, qs.poll) {
                 continue;
             }
             // Re-enable notifications; loop if requests raced in meanwhile.
@@ -200,7 +208,12 @@ struct QueueState {
     poll: Duration,
     /// When the queue thread last went to sleep in epoll.
     slept_at: Option<Instant>,
+    /// Moving average of the batch size, in 1/16 requests.
+    batch_avg: u32,
 }
+
+/// Busy-poll only when the average batch is at least this (in 1/16 requests: 1.5 requests).
+const POLL_MIN_BATCH: u32 = 24;
 
 /// Smallest non-zero busy-poll window.
 const MIN_POLL: Duration = Duration::from_micros(5);

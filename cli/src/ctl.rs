@@ -9,7 +9,7 @@ use cordon_frontend::vmm::control;
 /// Options of `cordon stop` and `cordon status`.
 #[derive(Args, Debug)]
 pub struct CtlArgs {
-    /// The VMM's control socket (`cordon run -s PATH`).
+    /// The control socket (`cordon run -s PATH` or `cordon devices -s PATH`).
     #[arg(value_name = "PATH")]
     pub socket: PathBuf,
 }
@@ -29,9 +29,24 @@ fn ask(a: &CtlArgs, req: &str) -> Result<serde_json::Value> {
     Ok(v)
 }
 
-/// `cordon stop`: asks the VM to stop; returns once the VMM acknowledged.
+/// `cordon stop`: asks the VM (a `cordon run -s PATH` socket) or the device tree (a
+/// `cordon devices -s PATH` socket) to stop; returns once it acknowledged.
 pub fn stop(a: CtlArgs) -> Result<()> {
-    ask(&a, "stop")?;
+    let line = control::request(&a.socket, "stop").map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (is `cordon run -s {0}` or `cordon devices -s {0}` running?)",
+            a.socket.display()
+        )
+    })?;
+    // `cordon devices` answers in plain text.
+    if line == "stopping" {
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|e| anyhow::anyhow!("{}: bad answer {line:?}: {e}", a.socket.display()))?;
+    if v["ok"] != serde_json::Value::Bool(true) {
+        bail!("{}: {}", a.socket.display(), v["error"]);
+    }
     Ok(())
 }
 

@@ -28,7 +28,8 @@ enum Command {
     Seccomp(seccomp::SeccompCmd),
     /// Boot a Linux guest in Cordon's KVM VMM (devices are vhost-user backends).
     Run(run::RunArgs),
-    /// Stop a VM started with `cordon run -s PATH`.
+    /// Stop a VM started with `cordon run -s PATH`, or every device of a tree started with
+    /// `cordon devices -s PATH`.
     Stop(ctl::CtlArgs),
     /// Show a running VM's state, devices and their backends.
     Status(ctl::CtlArgs),

@@ -639,4 +639,10 @@ impl cordon_backends::Backend for NetDevice {
         self.reset_device();
         self.lock().mem = None;
     }
+
+    fn relay_early_vring_enable(&self) -> bool {
+        // QEMU's vhost-user-net enables the rings before it acknowledges
+        // VHOST_USER_F_PROTOCOL_FEATURES (see cordon_backends::relay::Fixups).
+        true
+    }
 }

@@ -128,11 +128,16 @@ echo "CORDON-E2E-CONSOLE-OUT $(od -An -tx1 $R/con.out | tr -d ' \n')"
 sed 's/^/L1-DEVICES /' $R/devices.log
 exit $rc"#;
 
-/// The L1 (or host) script of the end-to-end run.
-fn script() -> String {
+/// The L1 (or host) script of the end-to-end run; `interactive`: `cordon run` forwards its
+/// stdin (the terminal) to the guest's serial console.
+fn script(interactive: bool) -> String {
+    let mut run = cordon_run("\"$L2_CMDLINE\"");
+    if interactive {
+        run = run.replace("--no-console-input ", "");
+    }
     let inner = INNER
         .replace("__START_DEVICES__", &start_devices(true))
-        .replace("__CORDON_RUN__", &cordon_run("\"$L2_CMDLINE\""));
+        .replace("__CORDON_RUN__", &run);
     in_netns(&inner, &format!("VSOCK_HOST_LEN={VSOCK_HOST_LEN}"))
 }
 
@@ -242,17 +247,27 @@ impl Outcome {
 
 /// Boots the full stack once and returns what happened (failed checks included).
 pub fn run_full_stack(name: &str) -> Result<Outcome> {
+    run_full_stack_with(name, false)
+}
+
+/// Like [`run_full_stack`]; `interactive` puts the console on this process's terminal and,
+/// after its checks and a readable summary, the guest gives the user a shell on its serial
+/// console (keyboard input goes through `cordon run`); leaving the shell ends the run.
+pub fn run_full_stack_with(name: &str, interactive: bool) -> Result<Outcome> {
     let dir = tempfile::tempdir()?;
     let disk = dir.path().join("disk.img");
     make_disk(&disk).context("creating the guest's disk image")?;
-    let runner = NestedRunner::new()?
+    let mut runner = NestedRunner::new()?
         .name(name)
         .static_bin("cordon", "cordon")?
         .static_bin("cordon-guest-agent", "cordon-guest-agent")?
         .file("disk.img", &disk)
-        .script(&script())
+        .script(&script(interactive))
         .l2_checks(&guest_checks())
         .allow_failures();
+    if interactive {
+        runner = runner.interactive();
+    }
     let mode = runner.current_mode();
     let results = runner.run()?;
     if results.results.iter().all(|c| c.vm != "l2") {

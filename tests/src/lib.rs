@@ -4,3 +4,4 @@
 pub mod container;
 pub mod e2e;
 pub mod guest;
+pub mod stack;

@@ -251,6 +251,9 @@ fn udp_payload_to_guest(frame: &[u8]) -> Option<&[u8]> {
 
 #[test]
 fn guest_uses_backends_running_in_runc_containers() -> anyhow::Result<()> {
+    // Prepare the guest kernel and initramfs first (minutes on a cold cache): the host peers
+    // below retry for a bounded time once started.
+    cordon_tests::guest::assets::assets()?;
     let dir = tempfile::tempdir()?;
     let sockets = dir.path().join("sockets");
     std::fs::create_dir_all(&sockets)?;

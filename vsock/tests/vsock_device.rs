@@ -38,10 +38,12 @@ impl Guest {
         let mut drv = VhostUserDriver::connect(sock, cfg).expect("vhost-user connect");
         let cid = drv.config(0, 8).unwrap();
         assert_eq!(
-            u64::from_le_bytes(cid.try_into().unwrap()),
+            u64::from_le_bytes(cid.clone().try_into().unwrap()),
             CID,
             "guest_cid in config space"
         );
+        // Frontends that use virtio-pci config offsets (0x100 + offset) get the same bytes.
+        assert_eq!(drv.config(0x100, 8).unwrap(), cid, "GET_CONFIG at 0x100");
         let tx_buf = drv.alloc(HDR_LEN + 65536).unwrap();
         let mut g = Guest {
             drv,

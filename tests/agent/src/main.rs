@@ -22,8 +22,9 @@ use report::{emit, result_line, Outcome};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: cordon-guest-agent [--poweroff] [--checks SPEC] [--list] | --peer PEER ARGS...\n\
-  Without --checks, the plan is read from /proc/cmdline (cordon.checks=, cordon.vm=, cordon.timeout=).";
+const USAGE: &str = "usage: cordon-guest-agent [--poweroff] [--summary] [--checks SPEC] [--list] | --peer PEER ARGS...\n\
+  Without --checks, the plan is read from /proc/cmdline (cordon.checks=, cordon.vm=, cordon.timeout=).\n\
+  --summary also prints one readable line per check after the result lines.";
 
 fn run_one(c: &spec::CheckSpec, default_timeout: Duration) -> Outcome {
     let Some(f) = checks::find(&c.name) else {
@@ -75,6 +76,7 @@ fn end_guest(exit: spec::Exit) {
 
 fn main() {
     let mut poweroff = false;
+    let mut summary = false;
     let mut plan_arg = None;
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("--peer") {
@@ -84,6 +86,7 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--poweroff" => poweroff = true,
+            "--summary" => summary = true,
             "--checks" => plan_arg = args.next(),
             "--list" => {
                 println!("{}", checks::names());
@@ -121,10 +124,20 @@ fn main() {
                 plan.checks.len()
             ));
             let mut failed = 0;
+            let mut lines = Vec::new();
             for c in &plan.checks {
                 let out = run_one(c, plan.timeout);
                 failed += usize::from(!out.ok);
                 emit(&result_line(&plan.vm, c.id, &c.name, &out));
+                lines.push(report::summary_line(&c.name, &out));
+            }
+            if summary {
+                emit(&format!(
+                    "What this guest found ({} of {} device checks passed):\n{}",
+                    plan.checks.len() - failed,
+                    plan.checks.len(),
+                    lines.join("\n")
+                ));
             }
             emit(&format!(
                 "CORDON-AGENT-DONE vm={} checks={} failed={failed}",

@@ -3,7 +3,9 @@
 //! of guest-initiated vsock streams, `<uds-path>_<port>`), `--peer vsock-connect UDS PORT
 //! LEN` opens a host-initiated vsock stream through the hybrid vsock device
 //! (`CONNECT <port>\n` / `OK <n>\n`), sends LEN pseudo-random bytes, half-closes and checks
-//! that the guest echoed exactly them. Each prints one `CORDON-PEER` line.
+//! that the guest echoed exactly them, `--peer unix-hold PATH` accepts one stream, answers
+//! `KEPT` to its first 4 bytes and reports how the open stream ends. Each prints
+//! `CORDON-PEER` lines.
 //!
 //! Benchmark peers: `--peer sink tcp ADDR|unix PATH` accepts streams forever, counts each
 //! one's bytes to EOF and answers with the count (`<n>\n`); `--peer send tcp ADDR LEN` /
@@ -16,14 +18,16 @@ use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-/// How long `vsock-connect` keeps retrying while the guest is not listening yet.
-const CONNECT_RETRY: Duration = Duration::from_secs(120);
+/// How long `vsock-connect` keeps retrying while the guest is not listening yet (generous:
+/// a nested guest on a loaded machine took over 120 s to reach its init).
+const CONNECT_RETRY: Duration = Duration::from_secs(600);
 
 /// How long a `send` peer waits on a stream that stopped moving.
 const SEND_STALL: Duration = Duration::from_secs(60);
 
 /// Usage of `--peer`.
-const USAGE: &str = "usage: --peer unix-echo PATH | --peer vsock-connect UDS PORT LEN | \
+const USAGE: &str = "usage: --peer unix-echo PATH | --peer unix-hold PATH | \
+--peer vsock-connect UDS PORT LEN | \
 --peer sink tcp ADDR | --peer sink unix PATH | --peer send tcp ADDR LEN | \
 --peer send vsock UDS PORT LEN";
 
@@ -31,6 +35,7 @@ const USAGE: &str = "usage: --peer unix-echo PATH | --peer vsock-connect UDS POR
 pub fn main(args: &[String]) -> i32 {
     let r = match args {
         [kind, path] if kind == "unix-echo" => unix_echo(path),
+        [kind, path] if kind == "unix-hold" => unix_hold(path),
         [kind, uds, port, len] if kind == "vsock-connect" => {
             match (port.parse::<u32>(), len.parse::<usize>()) {
                 (Ok(p), Ok(l)) => vsock_connect(uds, p, l),
@@ -90,6 +95,30 @@ fn unix_echo(path: &str) -> Result<(), String> {
             ));
         });
     }
+    Ok(())
+}
+
+/// Accepts one stream, reads 4 bytes, answers `KEPT` and keeps the stream open until the
+/// other side (or the device in between) ends it; reports how it ended.
+fn unix_hold(path: &str) -> Result<(), String> {
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).map_err(|e| format!("bind {path}: {e}"))?;
+    emit(&format!("CORDON-PEER listening {path}"));
+    let (mut s, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).map_err(|e| format!("read: {e}"))?;
+    s.write_all(b"KEPT").map_err(|e| format!("write: {e}"))?;
+    emit(&format!(
+        "CORDON-PEER unix-hold got={} holding",
+        String::from_utf8_lossy(&got)
+    ));
+    let mut rest = [0u8; 64];
+    let end = match s.read(&mut rest) {
+        Ok(0) => "eof".to_string(),
+        Ok(n) => format!("data-{n}"),
+        Err(e) => format!("error-{}", e.kind()),
+    };
+    emit(&format!("CORDON-PEER unix-hold ended={end}"));
     Ok(())
 }
 

@@ -83,6 +83,17 @@ pub fn result_line(vm: &str, id: usize, check: &str, out: &Outcome) -> String {
     )
 }
 
+/// One readable line for a person at the console: `  ok    hwrng          detail`.
+pub fn summary_line(check: &str, out: &Outcome) -> String {
+    let detail = out.detail.lines().next().unwrap_or_default();
+    let detail: String = detail.chars().take(100).collect();
+    format!(
+        "  {:<5} {:<14} {detail}",
+        if out.ok { "ok" } else { "FAIL" },
+        check
+    )
+}
+
 /// Writes one line to stdout (the console) in a single write, then flushes.
 pub fn emit(line: &str) {
     let mut buf = Vec::with_capacity(line.len() + 2);

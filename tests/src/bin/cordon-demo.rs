@@ -3,14 +3,17 @@
 //! `cordon devices` tree of jailed backends; the guest uses every device and reports.
 //! On a PVM host this runs inside a nested L1 guest (QEMU TCG with emulated SVM), and says so.
 
-use cordon_tests::e2e::{run_full_stack, Outcome};
+use cordon_tests::e2e::{run_full_stack_with, Outcome};
 use cordon_tests::guest::GuestMode;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: cordon-demo [--check]\n\
-  Boots a guest whose devices are served by Cordon's jailed backends, runs the guest\n\
-  agent's checks on every device, prints what it found and exits 0 only if all worked.\n\
-  --check   the same, quietly (implied by CI=true). Logs: target/guest-logs/.";
+  Boots a guest whose devices are served by Cordon's jailed backends; the guest runs the\n\
+  agent's checks on every device and prints what it found. On a terminal you then get a\n\
+  shell in the guest (`exit` ends it); the exit code is 0 only if every device worked.\n\
+  --check   no shell: run the checks, power off, report (implied by CI=true or when stdin\n\
+            is not a terminal). Logs: target/guest-logs/.";
 
 fn print_report(o: &Outcome) -> bool {
     let mut all_ok = true;
@@ -40,9 +43,10 @@ fn print_report(o: &Outcome) -> bool {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut check = false;
     match args.as_slice() {
         [] => {}
-        [a] if a == "--check" => {}
+        [a] if a == "--check" => check = true,
         [a] if a == "-h" || a == "--help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -66,8 +70,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let interactive = !check && !ci && std::io::stdin().is_terminal();
     println!("cordon-demo: preparing the guest kernel, initramfs and static binaries (cached after the first run)...");
-    let outcome = match run_full_stack("demo") {
+    if interactive {
+        println!(
+            "cordon-demo: interactive: after its checks the guest prints what it found and gives \
+             you a shell on its console (`exit` ends the guest; --check or CI=true skips the shell)."
+        );
+    }
+    let outcome = match run_full_stack_with("demo", interactive) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("cordon-demo: {e:#}");

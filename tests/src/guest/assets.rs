@@ -51,6 +51,15 @@ if [ -f /cordon/run.sh ]; then
   echo "CORDON-SCRIPT-DONE rc=$?"
   poweroff -f
 fi
+if grep -q 'cordon.shell=1' /proc/cmdline; then
+  # Interactive (the demo on a terminal): the checks, a readable summary, then a shell on
+  # the serial console; leaving the shell ends the guest.
+  /bin/cordon-guest-agent --summary
+  echo "CORDON-SHELL-READY a shell on this guest's console; 'exit' ends the guest"
+  PS1='cordon-guest# ' setsid -c sh -i </dev/ttyS0 >/dev/ttyS0 2>&1
+  sync
+  if grep -q 'cordon.exit=reboot' /proc/cmdline; then reboot -f; else poweroff -f; fi
+fi
 exec /bin/cordon-guest-agent --poweroff
 "#;
 

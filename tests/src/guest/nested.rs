@@ -85,6 +85,7 @@ pub struct NestedRunner {
     l1_memory_mb: u32,
     name: Option<String>,
     allow_failures: bool,
+    interactive: bool,
     extra_plans: Vec<(String, String, Vec<Check>)>,
     host_bins: Vec<PathBuf>,
 }
@@ -108,6 +109,7 @@ impl NestedRunner {
             l1_memory_mb: 2048,
             name: None,
             allow_failures: false,
+            interactive: false,
             extra_plans: Vec::new(),
             host_bins: Vec::new(),
         })
@@ -225,8 +227,22 @@ impl NestedRunner {
         self
     }
 
+    /// Interactive run (the demo on a terminal): L1's console is this process's terminal
+    /// (nested mode; in direct mode the script inherits the terminal), L2 gives a shell on its
+    /// serial console after its checks (`cordon.shell=1`), and there is no time limit. The
+    /// script must forward its stdin to L2's serial console (`cordon run` without
+    /// `--no-console-input`).
+    pub fn interactive(mut self) -> Self {
+        self.interactive = true;
+        self.timeout = Duration::from_secs(365 * 24 * 3600);
+        self
+    }
+
     fn header(&self, dir: &str, kernel: &str, initrd: &str) -> Result<String> {
-        let l2 = GuestRunner::tcg().checks(&self.l2_checks);
+        let mut l2 = GuestRunner::tcg().checks(&self.l2_checks);
+        if self.interactive {
+            l2 = l2.shell();
+        }
         let cmdline = l2.cmdline_with("l2", L2_EXIT)?;
         let mut h = format!(
             "export CORDON_DIR={dir} L2_KERNEL={kernel} L2_INITRD={initrd}\n\
@@ -320,6 +336,7 @@ impl NestedRunner {
         if self.allow_failures {
             g = g.allow_failures();
         }
+        g.terminal = self.interactive;
         g.exact_name = true;
         g.vm = "l1".into();
         g.also_expect = self.l2_expected();
@@ -366,15 +383,25 @@ impl NestedRunner {
             b"(direct mode: the script's output is the console log)\n",
         )?;
         let out = std::fs::File::create(&log)?;
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg("sh ./run.sh; echo \"CORDON-SCRIPT-DONE rc=$?\"")
-            .current_dir(w)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting the VMM script")?;
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").current_dir(w);
+        if self.interactive {
+            // The terminal sees the script; the log gets a copy for the results.
+            drop(out);
+            cmd.arg(format!(
+                "{{ sh ./run.sh; echo \"CORDON-SCRIPT-DONE rc=$?\"; }} 2>&1 | tee '{}'",
+                log.display()
+            ))
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        } else {
+            cmd.arg("sh ./run.sh; echo \"CORDON-SCRIPT-DONE rc=$?\"")
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out);
+        }
+        let child = cmd.spawn().context("starting the VMM script")?;
         let mut g = GuestRunner::tcg().timeout(self.timeout);
         if self.allow_failures {
             g = g.allow_failures();

@@ -68,6 +68,9 @@ pub struct GuestRunner {
     pub(crate) also_expect: Vec<(String, usize)>,
     pub(crate) required_lines: Vec<String>,
     pub(crate) exact_name: bool,
+    pub(crate) terminal: bool,
+    shell: bool,
+    reconnect_ms: Option<u32>,
 }
 
 impl GuestRunner {
@@ -92,6 +95,9 @@ impl GuestRunner {
             also_expect: Vec::new(),
             required_lines: Vec::new(),
             exact_name: false,
+            terminal: false,
+            shell: false,
+            reconnect_ms: None,
         }
     }
 
@@ -208,6 +214,28 @@ impl GuestRunner {
         self
     }
 
+    /// Puts the guest's serial console on this process's terminal (QEMU `-chardev stdio`,
+    /// keyboard input forwarded, Ctrl-C goes to the guest) while still logging it to the
+    /// console log that the results are parsed from.
+    pub fn terminal(mut self) -> Self {
+        self.terminal = true;
+        self
+    }
+
+    /// After its checks, the guest prints a readable summary and gives a shell on its serial
+    /// console (`cordon.shell=1`); leaving the shell ends the guest.
+    pub fn shell(mut self) -> Self {
+        self.shell = true;
+        self
+    }
+
+    /// QEMU reconnects to a vhost-user backend that went away, trying every `ms`
+    /// milliseconds (`-chardev socket,...,reconnect-ms=`): for backend restart tests.
+    pub fn reconnect_ms(mut self, ms: u32) -> Self {
+        self.reconnect_ms = Some(ms);
+        self
+    }
+
     /// Boots this initramfs instead of the standard one.
     pub fn initramfs(mut self, path: impl AsRef<Path>) -> Self {
         self.initramfs = Some(path.as_ref().into());
@@ -224,6 +252,9 @@ impl GuestRunner {
     /// through the i8042 when done).
     pub(crate) fn cmdline_with(&self, vm: &str, exit: &str) -> Result<String> {
         let mut s = format!("console=ttyS0 quiet {exit} panic=-1 cordon.vm={vm}");
+        if self.shell {
+            s.push_str(" cordon.shell=1");
+        }
         if let Some(t) = self.check_timeout {
             s.push_str(&format!(" cordon.timeout={t}"));
         }
@@ -259,7 +290,14 @@ impl GuestRunner {
                 &format!("memory-backend-memfd,id=mem,size={m}M,share=on"),
             ])
             .args(["-numa", "node,memdev=mem"])
-            .args(["-chardev", &format!("file,id=con0,path={}", log.display())])
+            .args([
+                "-chardev",
+                &if self.terminal {
+                    format!("stdio,id=con0,signal=off,logfile={}", log.display())
+                } else {
+                    format!("file,id=con0,path={}", log.display())
+                },
+            ])
             .args(["-serial", "chardev:con0"])
             .arg("-kernel")
             .arg(&a.kernel)
@@ -267,8 +305,13 @@ impl GuestRunner {
             .arg(self.initramfs.as_ref().unwrap_or(&a.initramfs))
             .args(["-append", &self.cmdline(&self.vm)?]);
         for (i, d) in self.devices.iter().enumerate() {
-            let chardev =
-                |p: &Path, extra: &str| format!("socket,id=vu{i},path={}{extra}", p.display());
+            let reconnect = self
+                .reconnect_ms
+                .map(|ms| format!(",reconnect-ms={ms}"))
+                .unwrap_or_default();
+            let chardev = |p: &Path, extra: &str| {
+                format!("socket,id=vu{i},path={}{extra}{reconnect}", p.display())
+            };
             match d {
                 Device::Blk(p) => {
                     cmd.args(["-chardev", &chardev(p, "")]);
@@ -305,7 +348,7 @@ impl GuestRunner {
                     ]);
                 }
                 Device::QemuConsole(p) => {
-                    cmd.args(["-chardev", &chardev(p, "")]);
+                    cmd.args(["-chardev", &format!("socket,id=vu{i},path={}", p.display())]);
                     cmd.args(["-device", &format!("virtio-serial-pci,id=vser{i}")]);
                     cmd.args([
                         "-device",
@@ -332,9 +375,12 @@ impl GuestRunner {
         let _ = std::fs::remove_file(&log);
         let mut cmd = self.qemu_command(a, &log)?;
         let stderr = std::fs::File::create(&qemu_log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(stderr.try_clone()?)
-            .stderr(stderr);
+        if self.terminal {
+            cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit());
+        } else {
+            cmd.stdin(Stdio::null()).stdout(stderr.try_clone()?);
+        }
+        cmd.stderr(stderr);
         log::info!("guest {name}: {cmd:?}");
         std::fs::write(dir.join(format!("{name}.cmd")), format!("{cmd:?}\n"))?;
         let child = cmd.spawn().context("starting qemu-system-x86_64")?;
@@ -435,6 +481,23 @@ impl RunningGuest {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Fails (quoting the console) if the guest already exited, its kernel died or its time
+    /// is up; for tests that wait for something outside the guest.
+    pub fn check_alive(&mut self) -> Result<()> {
+        let text = self.console();
+        if let Some(p) = panic_line(&text) {
+            return Err(self.failure(&format!("died ({p})")));
+        }
+        if self.exited()? {
+            return Err(self.failure("exited early"));
+        }
+        if Instant::now() > self.deadline {
+            self.kill();
+            return Err(self.failure("timed out"));
+        }
+        Ok(())
     }
 
     /// Kills the guest.

@@ -231,11 +231,20 @@ pub(crate) fn vsock_connect_stream(cid: u32, port: u32) -> Result<File, String> 
 }
 
 /// `vsock-connect:cid=2:port=N[:send=HEX][:expect=HEX]`: connects to the host (or `cid`),
-/// sends, half-closes, reads the reply to EOF.
+/// sends, half-closes, reads the reply to EOF (or `len` bytes). `hold=1`: no half-close, and
+/// the stream stays open after the check.
 pub fn vsock_connect(c: &CheckSpec) -> Result<Outcome, String> {
     let cid = c.u64_or("cid", 2)? as u32;
     let port = c.u64_or("port", 7000)? as u32;
     let f = vsock_connect_stream(cid, port)?;
+    if c.u64_or("hold", 0)? == 1 {
+        // Keep the stream open after the exchange (no half-close, never closed), so the
+        // host can watch what happens to an open stream, e.g. when the device restarts.
+        let keep = f.try_clone().map_err(|e| format!("dup: {e}"))?;
+        let out = exchange(f, |_| {}, c)?;
+        std::mem::forget(keep);
+        return Ok(out.with("held", 1));
+    }
     exchange(f, shut_write, c)
 }
 
