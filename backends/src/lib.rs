@@ -7,6 +7,8 @@
 pub mod connection;
 pub mod control;
 pub mod device;
+pub mod inflight;
+pub mod intercept;
 pub mod kv;
 pub mod queue;
 pub mod relay;

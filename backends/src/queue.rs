@@ -52,6 +52,8 @@ where
         (q.desc_table(), q.size())
     };
     let mut checker = ChainChecker::new(qsize);
+    // Pops and completions are recorded in the inflight region when the frontend set one up.
+    let tracker = crate::inflight::tracker(vring);
     let mut count = 0usize;
     loop {
         if event_idx {
@@ -59,10 +61,7 @@ where
         }
         let mut popped = 0usize;
         while more() {
-            let next = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(mem.memory());
+            let next = tracker.pop(vring, mem.memory());
             let Some(chain) = next else { break };
             let head = chain.head_index();
             let checked = checker.check(chain.memory(), desc_table, head);
@@ -73,7 +72,7 @@ where
                     0
                 }
             };
-            vring.add_used(head, len).map_err(qerr)?;
+            tracker.add_used(vring, head, len).map_err(qerr)?;
             count += 1;
             popped += 1;
         }
@@ -102,14 +101,16 @@ where
     M: Clone + Deref,
     M::Target: GuestMemory,
 {
-    vring.get_mut().get_queue_mut().pop_descriptor_chain(mem)
+    // In-flight bookkeeping (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) when the frontend set it
+    // up; after a reconnect this yields the chains left in flight first.
+    crate::inflight::tracker(vring).pop(vring, mem)
 }
 
 /// Puts chain `head` on the used ring with `len` bytes written, without notifying the driver
 /// (batch completions, then call [`notify`] once). Callable from any thread, in any order.
 pub fn add_used(vring: &VringRwLock, head: u16, len: u32) -> io::Result<()> {
-    vring
-        .add_used(head, len)
+    crate::inflight::tracker(vring)
+        .add_used(vring, head, len)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 

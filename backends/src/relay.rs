@@ -16,10 +16,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 
+use crate::inflight::Inflight;
+use crate::intercept::Interceptor;
+
 /// vhost-user message header: request (u32), flags (u32), payload size (u32).
-const HEADER_LEN: usize = 12;
+pub(crate) const HEADER_LEN: usize = 12;
 /// Largest payload relayed; vhost-user messages are at most 4 KiB, GPU ones up to 64 KiB.
 const MAX_PAYLOAD: usize = 64 * 1024;
 /// Most descriptors one message may carry.
@@ -165,36 +169,68 @@ impl Relay {
 
     /// Starts the two copy threads and returns; they end when either side closes.
     pub fn start(self) -> io::Result<()> {
-        self.start_inner(None)
+        self.start_full(None, None)
     }
 
     /// Like [`start`](Self::start), applying [`Fixups`] to the frontend's messages.
     pub fn start_with_fixups(self) -> io::Result<()> {
-        self.start_inner(Some(Fixups::default()))
+        self.start_full(Some(Fixups::default()), None)
     }
 
-    fn start_inner(self, fixups: Option<Fixups>) -> io::Result<()> {
+    /// Like [`start`](Self::start), with optional [`Fixups`] and, with `inflight`, the
+    /// frontend's GET/SET_INFLIGHT_FD answered on the way ([`crate::intercept`]).
+    pub fn start_full(
+        self,
+        fixups: Option<Fixups>,
+        inflight: Option<Arc<Inflight>>,
+    ) -> io::Result<()> {
+        // Both threads may write to the frontend (replies, and answers given by the relay
+        // itself): whole messages only, one at a time.
+        let lock = Arc::new(Mutex::new(()));
         let (a_in, a_out) = (self.outer.try_clone()?, self.inner.try_clone()?);
         let (b_in, b_out) = (self.inner, self.outer);
+        let reply = b_out.try_clone()?;
+        let a_lock = lock.clone();
         thread::Builder::new()
             .name("fd-relay-in".into())
-            .spawn(move || pump(&a_in, &a_out, fixups))?;
+            .spawn(move || {
+                let mut icpt = inflight.map(|i| Interceptor::new(i, reply, a_lock.clone()));
+                let mut side = InSide {
+                    fixups,
+                    icpt: icpt.as_mut(),
+                    lock: &a_lock,
+                };
+                pump(&a_in, &a_out, Some(&mut side), None)
+            })?;
         thread::Builder::new()
             .name("fd-relay-out".into())
-            .spawn(move || pump(&b_in, &b_out, None))?;
+            .spawn(move || pump(&b_in, &b_out, None, Some(&lock)))?;
         Ok(())
     }
 }
 
+/// What the frontend-to-daemon direction applies.
+struct InSide<'a> {
+    fixups: Option<Fixups>,
+    icpt: Option<&'a mut Interceptor>,
+    lock: &'a Mutex<()>,
+}
+
 /// Copies whole messages from `from` to `to` until EOF or error, then shuts both down.
-fn pump(from: &UnixStream, to: &UnixStream, mut fixups: Option<Fixups>) {
+/// `lock` serialises writes to `to`.
+fn pump(
+    from: &UnixStream,
+    to: &UnixStream,
+    mut side: Option<&mut InSide<'_>>,
+    lock: Option<&Mutex<()>>,
+) {
     let mut buf = vec![0u8; HEADER_LEN + MAX_PAYLOAD];
     loop {
-        match relay_one(from, to, &mut buf, fixups.as_mut()) {
+        match relay_one(from, to, &mut buf, side.as_deref_mut(), lock) {
             Ok(true) => continue,
             Ok(false) => break,
             Err(e) => {
-                log::warn!("fd relay: {e}; closing the connection");
+                log::warn!("vhost-user relay: {e}; closing the connection");
                 break;
             }
         }
@@ -203,12 +239,18 @@ fn pump(from: &UnixStream, to: &UnixStream, mut fixups: Option<Fixups>) {
     let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
+fn locked<T>(lock: Option<&Mutex<()>>, f: impl FnOnce() -> T) -> T {
+    let _g = lock.map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+    f()
+}
+
 /// Relays one message; Ok(false) on clean EOF.
 fn relay_one(
     from: &UnixStream,
     to: &UnixStream,
     buf: &mut [u8],
-    fixups: Option<&mut Fixups>,
+    side: Option<&mut InSide<'_>>,
+    lock: Option<&Mutex<()>>,
 ) -> io::Result<bool> {
     let mut fds: Vec<OwnedFd> = Vec::new();
     let n = recv_exact(from, &mut buf[..HEADER_LEN], &mut fds)?;
@@ -237,20 +279,32 @@ fn relay_one(
             ));
         }
     }
-    let fix = match fixups {
-        Some(f) => f.check(&buf[..HEADER_LEN + size]),
+    let msg = &buf[..HEADER_LEN + size];
+    let Some(side) = side else {
+        locked(lock, || send_all(to, msg, &fds))?;
+        return Ok(true);
+    };
+    // Inflight messages are answered here (or end the connection when malformed).
+    if let Some(i) = side.icpt.as_deref_mut() {
+        match i.intercept(msg, fds)? {
+            Some(f) => fds = f,
+            None => return Ok(true),
+        }
+    }
+    let fix = match side.fixups.as_mut() {
+        Some(f) => f.check(msg),
         None => Fix::Forward,
     };
     match fix {
-        Fix::Forward => send_all(to, &buf[..HEADER_LEN + size], &fds)?,
+        Fix::Forward => send_all(to, msg, &fds)?,
         Fix::Absorb(reply) => {
             log::debug!("relay: absorbed a SET_VRING_ENABLE sent before SET_FEATURES");
             if let Some(r) = reply {
-                send_all(from, &r, &[])?;
+                locked(Some(side.lock), || send_all(from, &r, &[]))?;
             }
         }
         Fix::ForwardThen(replay) => {
-            send_all(to, &buf[..HEADER_LEN + size], &fds)?;
+            send_all(to, msg, &fds)?;
             log::info!(
                 "relay: replaying {} vring enable state(s) the frontend sent before \
                  SET_FEATURES (QEMU vhost-user-net)",
@@ -332,7 +386,7 @@ fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> i
     Ok(n)
 }
 
-fn send_all(sock: &UnixStream, data: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
+pub(crate) fn send_all(sock: &UnixStream, data: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
     let mut sent = 0;
     let mut first = true;
     while sent < data.len() {

@@ -10,7 +10,8 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::connection::Endpoint;
-use crate::relay::Relay;
+use crate::inflight::Inflight;
+use crate::relay::{Fixups, Relay};
 use crate::sandbox::JailPlan;
 use crate::served::Served;
 
@@ -185,6 +186,11 @@ pub fn set_process_name(name: &str) {
 
 /// The serving loop proper (already jailed, or unjailed by choice): one fresh daemon per
 /// frontend, reset between frontends; returns after one frontend when `single`.
+///
+/// Devices that need the message relay (frontend fix-ups, or
+/// VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD answered by [`crate::intercept`]) get one per
+/// connection: the loop accepts the frontend itself and the daemon accepts the relayed
+/// connection from the relay's private listener.
 fn serve_loop<B: Backend>(
     backend: Arc<B>,
     mut listener: Listener,
@@ -192,19 +198,25 @@ fn serve_loop<B: Backend>(
     single: bool,
     name: &str,
 ) -> Result<(), ServeError> {
+    use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
     let fixups = backend.relay_early_vring_enable();
-    let per_connection_relay = fixups && relay.is_none();
+    let wants_inflight = backend.protocol_features().contains(P::INFLIGHT_SHMFD);
+    let new_inflight = || Inflight::new(name, backend.num_queues(), backend.max_queue_size());
+    let per_connection_relay = (fixups || wants_inflight) && relay.is_none();
+    let mut fd_inflight = None;
     if let Some(relay) = relay {
-        if fixups {
-            relay.start_with_fixups()
-        } else {
-            relay.start()
-        }
-        .map_err(ServeError::Relay)?;
+        fd_inflight = wants_inflight.then(new_inflight);
+        relay
+            .start_full(fixups.then(Fixups::default), fd_inflight.clone())
+            .map_err(ServeError::Relay)?;
     }
     loop {
+        let inflight = match &fd_inflight {
+            Some(i) => Some(i.clone()),
+            None => wants_inflight.then(new_inflight),
+        };
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let served = Served::new(backend.clone());
+        let served = Served::with_inflight(backend.clone(), inflight.clone());
         let mut daemon = VhostUserDaemon::new(name.to_string(), served, mem)
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
         let registrars: Vec<Arc<dyn EventRegistrar>> = daemon
@@ -217,7 +229,7 @@ fn serve_loop<B: Backend>(
             .map_err(|e| ServeError::Daemon(format!("device setup: {e}")))?;
         log::info!("{name}: waiting for a frontend");
         if per_connection_relay {
-            let mut inner = relayed_connection(&listener)?;
+            let mut inner = relayed_connection(&listener, fixups, inflight.clone())?;
             daemon.start(&mut inner)
         } else {
             daemon.start(&mut listener)
@@ -243,9 +255,14 @@ fn serve_loop<B: Backend>(
     }
 }
 
-/// Accepts the next frontend on `listener` and puts a fixing relay in front of it; returns
-/// the relay's private listener, from which the daemon accepts the relayed connection.
-fn relayed_connection(listener: &Listener) -> Result<Listener, ServeError> {
+/// Accepts the next frontend on `listener` and puts a relay in front of it (fix-ups and/or
+/// inflight answers); returns the relay's private listener, from which the daemon accepts
+/// the relayed connection.
+fn relayed_connection(
+    listener: &Listener,
+    fixups: bool,
+    inflight: Option<Arc<Inflight>>,
+) -> Result<Listener, ServeError> {
     let outer = loop {
         match listener.accept() {
             Ok(Some(s)) => break s,
@@ -255,7 +272,9 @@ fn relayed_connection(listener: &Listener) -> Result<Listener, ServeError> {
     };
     let relay = Relay::new(outer).map_err(ServeError::Relay)?;
     let inner = relay.listener.try_clone().map_err(ServeError::Relay)?;
-    relay.start_with_fixups().map_err(ServeError::Relay)?;
+    relay
+        .start_full(fixups.then(Fixups::default), inflight)
+        .map_err(ServeError::Relay)?;
     Ok(Listener::from(inner))
 }
 

@@ -22,17 +22,20 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::inflight::Inflight;
 use crate::serve::Backend;
 
 /// Wraps a device for one frontend connection.
 pub struct Served<B> {
     inner: Arc<B>,
+    inflight: Option<Arc<Inflight>>,
 }
 
 impl<B> Clone for Served<B> {
     fn clone(&self) -> Self {
         Served {
             inner: self.inner.clone(),
+            inflight: self.inflight.clone(),
         }
     }
 }
@@ -40,7 +43,15 @@ impl<B> Clone for Served<B> {
 impl<B> Served<B> {
     /// Wraps `inner`.
     pub fn new(inner: Arc<B>) -> Self {
-        Served { inner }
+        Served {
+            inner,
+            inflight: None,
+        }
+    }
+
+    /// Wraps `inner` for a connection with inflight tracking state (see [`crate::inflight`]).
+    pub fn with_inflight(inner: Arc<B>, inflight: Option<Arc<Inflight>>) -> Self {
+        Served { inner, inflight }
     }
 }
 
@@ -85,6 +96,9 @@ impl<B: Backend> VhostUserBackend for Served<B> {
             log::warn!("rejected memory table: {e}");
             return Err(e);
         }
+        if let Some(i) = &self.inflight {
+            i.set_memory(mem.clone());
+        }
         self.inner.update_memory(mem)
     }
     fn set_backend_req_fd(&self, backend: BackendReq) {
@@ -115,6 +129,21 @@ impl<B: Backend> VhostUserBackend for Served<B> {
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> Result<()> {
+        let inflight = self.inflight.as_ref().filter(|i| i.active()).cloned();
+        if let Some(i) = &inflight {
+            // Bind (and on the first event after a reconnect, recover) every started queue
+            // of this worker before the device pops anything.
+            let mask = self
+                .inner
+                .queues_per_thread()
+                .get(thread_id)
+                .copied()
+                .unwrap_or(0);
+            let globals = (0..64usize).filter(|b| mask >> b & 1 == 1);
+            for (vring, index) in vrings.iter().zip(globals) {
+                i.bind(index, vring);
+            }
+        }
         if let Err(e) = self
             .inner
             .handle_event(device_event, evset, vrings, thread_id)

@@ -193,7 +193,7 @@ fn boot(disk: Disk, round: u32) -> String {
         cordon_run(&format!("\"$L2_CMDLINE_{var}\""))
     ));
     s.push_str(
-        "echo \"L1-TAP $(cd /sys/class/net/cordon0/statistics 2>/dev/null && for f in *; do printf '%s=%s ' $f $(cat $f); done)\"\n\
+        "echo \"L1-TAP $(grep cordon0 /proc/net/dev)\"\n\
          kill $devices; wait $devices\n\
          echo \"L1-DEVICES $(grep -c \"queue that's not ready\" $R/devices.log) 'queue not ready' errors\"\n\
          grep -v \"queue that's not ready\" $R/devices.log | sed 's/^/L1-DEVICES /'\n\
@@ -225,6 +225,18 @@ pub fn script(cfg: &Config) -> String {
     }
     inner.push_str("echo \"BENCH-PHASE done\"\n");
     in_netns(&inner, &format!("BYTES={}", cfg.bytes))
+}
+
+/// First line of the results file (also where `--from-log` finds the conditions' end).
+pub const TITLE: &str =
+    "# In-guest benchmark: block (Cordon vs qemu-storage-daemon), net, vsock, boot\n\n";
+/// Heading after the conditions paragraph.
+pub const BLOCK_HEADING: &str = "\n## Block: 4 KiB random I/O on /dev/vda, O_DIRECT\n\n";
+
+/// The conditions paragraph of an earlier results file (for re-rendering a saved log).
+pub fn conditions_of(md: &str) -> Option<&str> {
+    let body = md.strip_prefix(TITLE)?;
+    body.find(BLOCK_HEADING).map(|end| &body[..end])
 }
 
 /// One block cell of one boot.
@@ -389,8 +401,8 @@ impl Report {
         Ok(rep)
     }
 
-    /// Median over the rounds of one block cell of one disk.
-    fn blk_median(&self, disk: Disk, rw: &str, qd: u32) -> Option<BlkCell> {
+    /// One block cell of one disk over the rounds, sorted by IOPS.
+    fn blk_rounds(&self, disk: Disk, rw: &str, qd: u32) -> Vec<&BlkCell> {
         let prefix = format!("{}-", disk.label());
         let mut v: Vec<&BlkCell> = self
             .blk
@@ -399,7 +411,21 @@ impl Report {
             .flat_map(|(_, cells)| cells.iter().filter(|c| c.rw == rw && c.qd == qd))
             .collect();
         v.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+        v
+    }
+
+    /// Median over the rounds of one block cell of one disk.
+    fn blk_median(&self, disk: Disk, rw: &str, qd: u32) -> Option<BlkCell> {
+        let v = self.blk_rounds(disk, rw, qd);
         v.get(v.len() / 2).map(|c| (*c).clone())
+    }
+
+    /// `min–max` IOPS over the rounds (empty with fewer than two rounds).
+    fn blk_range(&self, disk: Disk, rw: &str, qd: u32) -> String {
+        match self.blk_rounds(disk, rw, qd).as_slice() {
+            [lo, .., hi] => format!(" ({:.0}–{:.0})", lo.iops, hi.iops),
+            _ => String::new(),
+        }
     }
 
     /// The results file: conditions, tables, raw lines.
@@ -409,10 +435,11 @@ impl Report {
             "# In-guest benchmark: block (Cordon vs qemu-storage-daemon), net, vsock, boot\n\n",
         );
         o.push_str(conditions);
-        o.push_str("\n## Block: 4 KiB random I/O on /dev/vda, O_DIRECT\n\n");
+        o.push_str(BLOCK_HEADING);
         o.push_str(&format!(
             "Each cell {} s; QD = threads each keeping one request in flight; same image, \
-             same `cordon run`, same guest kernel; median of {} round(s).\n\n",
+             same `cordon run`, same guest kernel; median of {} round(s), IOPS range over the \
+             rounds in brackets (the latencies are those of the median round).\n\n",
             cfg.ms as f64 / 1000.0,
             cfg.rounds
         ));
@@ -422,8 +449,14 @@ impl Report {
             for &qd in &cfg.qds {
                 let c = self.blk_median(Disk::Cordon, rw, qd);
                 let q = self.blk_median(Disk::Qsd, rw, qd);
-                let cell = |x: &Option<BlkCell>| match x {
-                    Some(x) => format!("{:.0} | {:.0} | {:.0}", x.iops, x.p50_us, x.p99_us),
+                let cell = |x: &Option<BlkCell>, d: Disk| match x {
+                    Some(x) => format!(
+                        "{:.0}{} | {:.0} | {:.0}",
+                        x.iops,
+                        self.blk_range(d, rw, qd),
+                        x.p50_us,
+                        x.p99_us
+                    ),
                     None => "— | — | —".into(),
                 };
                 let ratio = match (&c, &q) {
@@ -432,8 +465,8 @@ impl Report {
                 };
                 o.push_str(&format!(
                     "| {rw} | {qd} | {} | {} | {ratio} |\n",
-                    cell(&c),
-                    cell(&q)
+                    cell(&c, Disk::Cordon),
+                    cell(&q, Disk::Qsd)
                 ));
             }
         }
@@ -590,6 +623,8 @@ mod tests {
         assert!(r.problems.iter().any(|p| p.contains("6 of 9")));
         let md = r.markdown(&cfg, "conditions\n");
         assert!(md.contains("| randread | 32 | 3000 | 100 | 900 | 1500 | 100 | 900 | 2.00× |"));
+        assert_eq!(conditions_of(&md), Some("conditions\n"));
+        assert_eq!(conditions_of("# other\n"), None);
         assert!(md.contains("| cordon-1 | tcp | guest→host | 12.50 |"));
         assert!(md.contains("| cordon-1 | Cordon block | 15.50 | 3.21 |"));
 

@@ -258,3 +258,137 @@ fn a_killed_block_child_is_restarted_on_the_same_socket_and_image() {
     );
     assert!(!sock.exists());
 }
+
+/// VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD end to end against the jailed, supervised block
+/// device: the backend records its work in the region the driver fetched; a request the
+/// backend had popped (recorded in flight) when it was killed is re-run by the restarted
+/// backend without any new kick, once the driver reconnects and hands the region back.
+#[test]
+fn an_inflight_request_is_rerun_after_a_restart() {
+    use cordon_frontend::vhost_user::Buffer;
+    use std::os::unix::fs::FileExt;
+    use vhost::vhost_user::message::VhostUserProtocolFeatures;
+    use vm_memory::{Bytes, GuestAddress};
+
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.img");
+    image(&img, 0);
+    let sock = dir.path().join("a.sock");
+    let d = cordon(&[
+        "--restart",
+        "on-failure",
+        "--block",
+        &format!("path={},vhost={},poll-us=0", img.display(), sock.display()),
+    ]);
+    let mut cfg = DriverConfig::new(1).with_features(F_FLUSH);
+    cfg.protocol_features |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+    let mut drv = VhostUserDriver::connect(&sock, cfg.clone()).unwrap();
+    let inflight = drv.connection().get_inflight_fd(1, 256).unwrap();
+    assert_eq!(
+        inflight.0.mmap_size,
+        256 * 16 + 64,
+        "QEMU's layout: one queue of 256"
+    );
+    drv.connection()
+        .set_inflight_fd(&inflight.0, &inflight.1)
+        .unwrap();
+    let c = drv
+        .request(0, &[&hdr(1, 2), &[0xa1; 512]], &[1], T)
+        .unwrap();
+    assert_eq!(c.written[0][0], 0, "write status");
+    // The backend keeps the region: version 1, used index 1, nothing left in flight.
+    let region = &inflight.1;
+    let u16_at = |off: u64| {
+        let mut b = [0u8; 2];
+        region.read_exact_at(&mut b, off).unwrap();
+        u16::from_le_bytes(b)
+    };
+    assert_eq!((u16_at(8), u16_at(10), u16_at(14)), (1, 256, 1));
+    // Two writes the backend had popped when it died, completed out of order: the second
+    // (sector 6) finished and is on the used ring, the first (sector 5) was still running.
+    // Both published without a kick, the state written the way the backend records it.
+    // (First let the backend finish its last look at the ring after the previous completion.)
+    std::thread::sleep(Duration::from_millis(200));
+    let mut write_req = |sector: u64, fill: u8| {
+        let h = drv.alloc(16).unwrap();
+        drv.write(h, &hdr(1, sector)).unwrap();
+        let data = drv.alloc(512).unwrap();
+        drv.write(data, &[fill; 512]).unwrap();
+        let status = drv.alloc(1).unwrap();
+        drv.write(status, &[0xff]).unwrap();
+        let bufs = [
+            Buffer {
+                addr: h,
+                len: 16,
+                writable: false,
+            },
+            Buffer {
+                addr: data,
+                len: 512,
+                writable: false,
+            },
+            Buffer {
+                addr: status,
+                len: 1,
+                writable: true,
+            },
+        ];
+        (drv.publish(0, &bufs).unwrap(), status)
+    };
+    let (first_head, first_status) = write_req(5, 0xc3);
+    let (second_head, second_status) = write_req(6, 0xd4);
+    // Not kicked: the live backend does not see them.
+    let early = drv.wait(0, Duration::from_millis(300));
+    assert!(early.is_err(), "completed without a kick: {early:?}");
+    // The second one "completed": used element 1, used index 2, status OK (its data never
+    // reached the image, so a re-run would show).
+    let used = drv.queue(0).unwrap().used_ring();
+    let mem = drv.memory();
+    mem.write_obj(u32::from(second_head).to_le(), GuestAddress(used.0 + 4 + 8))
+        .unwrap();
+    mem.write_obj(1u32.to_le(), GuestAddress(used.0 + 4 + 12))
+        .unwrap();
+    mem.write_obj(0u8, second_status).unwrap();
+    mem.write_obj(2u16.to_le(), GuestAddress(used.0 + 2))
+        .unwrap();
+    region.write_all_at(&2u16.to_le_bytes(), 14).unwrap();
+    let desc = 16 + 16 * u64::from(first_head);
+    region.write_all_at(&7u64.to_le_bytes(), desc + 8).unwrap();
+    region.write_all_at(&[1], desc).unwrap();
+    let first = wait_child(d.0.id(), "block-0", None);
+    // SAFETY: killing a process we started (indirectly).
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    wait_child(d.0.id(), "block-0", Some(first));
+    drv.reconnect(&sock, &cfg, Some(&inflight)).unwrap();
+    // The restarted backend re-runs the first one by itself (no new kick from the driver),
+    // even though the avail ring position after the used index holds the second one, and
+    // keeps the region consistent.
+    let len = drv
+        .wait_for(0, first_head, T)
+        .expect("in-flight request re-run");
+    assert_eq!(len, 1);
+    assert_eq!(
+        drv.read(first_status, 1).unwrap(),
+        vec![0],
+        "status of the re-run write"
+    );
+    let disk = std::fs::read(&img).unwrap();
+    assert_eq!(
+        &disk[5 * 512..6 * 512],
+        &[0xc3; 512][..],
+        "re-run write data"
+    );
+    assert_eq!(
+        &disk[6 * 512..7 * 512],
+        &[0u8; 512][..],
+        "a completed write ran again"
+    );
+    assert_eq!(&disk[2 * 512..3 * 512], &[0xa1; 512][..]);
+    let mut flag = [9u8; 1];
+    region.read_exact_at(&mut flag, desc).unwrap();
+    assert_eq!(flag[0], 0, "re-run request still marked in flight");
+    assert_eq!(u16_at(14), 3, "used index recorded in the region");
+    // And new requests are served as usual.
+    let c = drv.request(0, &[&hdr(0, 5)], &[512, 1], T).unwrap();
+    assert_eq!((c.written[1][0], c.written[0][0]), (0, 0xc3));
+}

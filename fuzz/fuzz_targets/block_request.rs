@@ -1,13 +1,16 @@
 //! Fuzz the virtio-blk request path: hostile descriptor tables, avail rings, headers,
 //! discard segments and guest addresses, processed by the real device against a real image.
 //!
-//! Input layout: byte 0 selects the device (bit 0: read-only image); bytes 1..3 are the avail
+//! Input layout: byte 0 selects the device (bit 0: read-only image) and the path (bit 1: the
+//! split path of the queue thread and I/O threads: `prepare` with deferral, then `run_deferred`
+//! with the request's scratch area moved, as the I/O thread pool does); bytes 1..3 are the avail
 //! index; the rest is copied over guest memory starting at address 0, where the descriptor
 //! table (16 entries), avail ring and used ring live, followed by buffers.
 #![no_main]
 
 use std::sync::OnceLock;
 
+use cordon_block::device::Step;
 use cordon_block::request::Scratch;
 use cordon_block::{BlockDevice, BlockOptions};
 use libfuzzer_sys::fuzz_target;
@@ -70,5 +73,20 @@ fuzz_target!(|data: &[u8]| {
     q.set_used_ring_address(Some(USED as u32), Some(0));
     q.set_ready(true);
     let mut s = Scratch::default();
-    let _ = dev.process_queue(&mut q, &mem, &mut s);
+    if data[0] & 2 == 0 {
+        let _ = dev.process_queue(&mut q, &mem, &mut s);
+        return;
+    }
+    while let Some(chain) = q.pop_descriptor_chain(&mem) {
+        let head = chain.head_index();
+        let used = match dev.prepare(&mem, chain, &mut s, |_| true) {
+            Step::Done(used) => used,
+            Step::Deferred(req) => {
+                let mut job = Scratch::with_bounce_limit(64 << 10);
+                std::mem::swap(&mut s, &mut job);
+                dev.run_deferred(&mem, &req, &mut job)
+            }
+        };
+        let _ = q.add_used(&mem, head, used);
+    }
 });

@@ -1,7 +1,7 @@
 //! The real `net-device` binary, jailed (namespaces + seccomp policy), on a real TAP in a
 //! network namespace the test creates, driven through the vhost-user frontend library acting
 //! as the guest's virtio-net driver. Also: the shipped policy under the real kernel refuses
-//! `socket()` and TAP reconfiguration but lets the device do its TAP I/O.
+//! network sockets and TAP reconfiguration but lets the device do its TAP I/O.
 
 mod common;
 
@@ -147,7 +147,7 @@ fn under_net_policy(f: impl FnOnce() -> i32) -> Result<i32, i32> {
 }
 
 #[test]
-fn net_policy_kills_socket_and_tap_reconfiguration_but_allows_tap_io() {
+fn net_policy_kills_network_sockets_and_tap_reconfiguration_but_allows_tap_io() {
     let _ns = Netns::enter();
     let tap = cordon_net::tap::Tap::create("cjtappol", 1).expect("TAP (needs root)");
     let fd = tap.fd(0);
@@ -167,10 +167,14 @@ fn net_policy_kills_socket_and_tap_reconfiguration_but_allows_tap_io() {
         0
     });
     assert_eq!(io, Ok(0), "TAP read and TUNSETOFFLOAD allowed");
+    // The only socket the policy allows is the vhost-user relay's private listener, exactly
+    // `AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC` (cordon_backends::relay); nothing that reaches a
+    // network, and no other form.
     for (domain, ty) in [
         (libc::AF_INET, libc::SOCK_DGRAM),
-        (libc::AF_UNIX, libc::SOCK_STREAM),
-        (libc::AF_NETLINK, libc::SOCK_RAW),
+        (libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC),
+        (libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC),
+        (libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC),
         (libc::AF_PACKET, libc::SOCK_RAW),
     ] {
         let r = under_net_policy(|| {

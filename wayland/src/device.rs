@@ -59,6 +59,15 @@ enum Vfd {
     Shm { file: File, offset: u64, size: u64 },
     /// Another fd received from the compositor (pipe, socket): readable by the guest.
     Other { file: File, hup: bool },
+    /// A pipe made by `VFD_NEW_PIPE`: the device keeps `local` (the read end when the guest
+    /// reads, else the write end); `remote` goes to the compositor with the first
+    /// `VFD_SEND` naming this VFD and is then closed here.
+    Pipe {
+        local: File,
+        remote: Option<File>,
+        readable: bool,
+        hup: bool,
+    },
 }
 
 impl Vfd {
@@ -66,6 +75,15 @@ impl Vfd {
         match self {
             Vfd::Ctx { sock, .. } => sock.as_raw_fd(),
             Vfd::Shm { file, .. } | Vfd::Other { file, .. } => file.as_raw_fd(),
+            Vfd::Pipe { local, .. } => local.as_raw_fd(),
+        }
+    }
+
+    /// The fd that travels when this VFD is named in a `VFD_SEND`.
+    fn send_fd(&self) -> Option<RawFd> {
+        match self {
+            Vfd::Pipe { remote, .. } => remote.as_ref().map(|f| f.as_raw_fd()),
+            other => Some(other.raw_fd()),
         }
     }
 }
@@ -161,6 +179,7 @@ impl WlDevice {
         for (id, v) in &inner.vfds {
             let live = match v {
                 Vfd::Ctx { hup, .. } | Vfd::Other { hup, .. } => !hup,
+                Vfd::Pipe { readable, hup, .. } => *readable && !hup,
                 Vfd::Shm { .. } => false,
             };
             if live {
@@ -197,6 +216,16 @@ impl WlDevice {
             Vfd::Other { file, hup } => {
                 if !hup {
                     self.unwatch(file.as_raw_fd());
+                }
+            }
+            Vfd::Pipe {
+                local,
+                readable,
+                hup,
+                ..
+            } => {
+                if readable && !hup {
+                    self.unwatch(local.as_raw_fd());
                 }
             }
         }
@@ -333,38 +362,97 @@ impl WlDevice {
                     hdr(RESP_INVALID_ID)
                 }
             },
+            Command::NewPipe { id, flags } => self.new_pipe(inner, id, flags),
             Command::Send { id, vfds, data } => {
                 let mut fds = Vec::with_capacity(vfds.len());
                 for v in &vfds {
-                    match inner.vfds.get(v) {
-                        Some(x) => fds.push(x.raw_fd()),
+                    match inner.vfds.get(v).map(|x| x.send_fd()) {
+                        Some(Some(fd)) => fds.push(fd),
+                        Some(None) => {
+                            warn!("wl: VFD_SEND of pipe {v} whose other end was already sent");
+                            return hdr(RESP_INVALID_ID);
+                        }
                         None => {
                             warn!("wl: VFD_SEND references unknown VFD {v}");
                             return hdr(RESP_INVALID_ID);
                         }
                     }
                 }
-                let sock = match inner.vfds.get(&id) {
-                    Some(Vfd::Ctx { sock, .. }) => sock,
-                    Some(_) => return hdr(RESP_INVALID_TYPE),
+                let res = match inner.vfds.get(&id) {
+                    Some(Vfd::Ctx { sock, .. }) => send_all(sock, data, &fds),
+                    Some(Vfd::Pipe {
+                        local,
+                        readable: false,
+                        ..
+                    }) if fds.is_empty() => write_all_bounded(local, data),
+                    Some(_) => {
+                        warn!("wl: VFD_SEND to VFD {id}, which is no context or writable pipe");
+                        return hdr(RESP_INVALID_TYPE);
+                    }
                     None => {
                         warn!("wl: VFD_SEND to unknown VFD {id}");
                         return hdr(RESP_INVALID_ID);
                     }
                 };
-                match send_all(sock, data, &fds) {
-                    Ok(()) => hdr(RESP_OK),
+                match res {
+                    Ok(()) => {
+                        // The compositor holds the far ends of the pipes it received now.
+                        for v in &vfds {
+                            if let Some(Vfd::Pipe { remote, .. }) = inner.vfds.get_mut(v) {
+                                *remote = None;
+                            }
+                        }
+                        hdr(RESP_OK)
+                    }
                     Err(e) => {
-                        warn!("wl: sending to the compositor on VFD {id}: {e}");
+                        warn!("wl: sending on VFD {id}: {e}");
                         hdr(RESP_ERR)
                     }
                 }
             }
             Command::Unsupported(code) => {
-                warn!("wl: command {code} (pipes/dmabuf/foreign ids) not supported");
+                warn!("wl: command {code} (dmabuf/foreign ids) not supported");
                 hdr(RESP_INVALID_CMD)
             }
         }
+    }
+
+    /// VFD_NEW_PIPE: a non-blocking pipe; the guest's end stays here.
+    fn new_pipe(&self, inner: &mut Inner, id: u32, flags: u32) -> Vec<u8> {
+        if id >= HOST_ID_BASE || inner.vfds.contains_key(&id) {
+            warn!("wl: VFD_NEW_PIPE with unusable id {id}");
+            return hdr(RESP_INVALID_ID);
+        }
+        let readable = match flags & (VFD_READ | VFD_WRITE) {
+            VFD_READ => true,
+            VFD_WRITE => false,
+            _ => {
+                warn!("wl: VFD_NEW_PIPE flags {flags:#x}: exactly one of READ or WRITE");
+                return hdr(RESP_INVALID_FLAGS);
+            }
+        };
+        let mut fds = [-1 as RawFd; 2];
+        // SAFETY: pipe2 writes two fds into the array; the result is checked.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+            warn!("wl: pipe2: {}", io::Error::last_os_error());
+            return hdr(RESP_OUT_OF_MEMORY);
+        }
+        // SAFETY: two fresh fds we own.
+        let (r, w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let (local, remote) = if readable { (r, w) } else { (w, r) };
+        if readable {
+            self.watch(inner, id, local.as_raw_fd());
+        }
+        inner.vfds.insert(
+            id,
+            Vfd::Pipe {
+                local,
+                remote: Some(remote),
+                readable,
+                hup: false,
+            },
+        );
+        vfd_new(RESP_VFD_NEW, id, flags & (VFD_READ | VFD_WRITE), 0, 0)
     }
 
     /// Reads what the compositor (or a received pipe) sent on VFD `id` into pending
@@ -382,7 +470,13 @@ impl WlDevice {
                 unsafe { sock.recv_with_fds(&mut iov, &mut fds) }
                     .map_err(|e| io::Error::from_raw_os_error(e.errno()))
             }
-            Some(Vfd::Other { file, hup: false }) => (&*file).read(&mut buf).map(|n| (n, 0)),
+            Some(Vfd::Other { file, hup: false })
+            | Some(Vfd::Pipe {
+                local: file,
+                readable: true,
+                hup: false,
+                ..
+            }) => (&*file).read(&mut buf).map(|n| (n, 0)),
             _ => return,
         };
         let (n, nfds) = match res {
@@ -408,7 +502,11 @@ impl WlDevice {
                 *hup = true;
                 let fd = sock.as_raw_fd();
                 self.unwatch(fd);
-            } else if let Some(Vfd::Other { hup, file }) = inner.vfds.get_mut(&id) {
+            } else if let Some(Vfd::Other { hup, file })
+            | Some(Vfd::Pipe {
+                hup, local: file, ..
+            }) = inner.vfds.get_mut(&id)
+            {
                 *hup = true;
                 let fd = file.as_raw_fd();
                 self.unwatch(fd);
@@ -746,6 +844,30 @@ fn memfd(size: u64) -> io::Result<File> {
     // SAFETY: fcntl on our own fd: forbid shrinking so mappings stay valid.
     unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
     Ok(f)
+}
+
+/// Writes `data` to a non-blocking pipe, waiting (at most 1 s in all) for room.
+fn write_all_bounded(f: &File, data: &[u8]) -> io::Result<()> {
+    let mut off = 0;
+    let mut waited = 0;
+    while off < data.len() {
+        match (&*f).write(&data[off..]) {
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && waited < 20 => {
+                let mut p = libc::pollfd {
+                    fd: f.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut p, 1, 50) };
+                waited += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Sends `data` and `fds` on a non-blocking socket, waiting (bounded) for room.

@@ -104,7 +104,15 @@ pub enum Command<'a> {
         /// Socket name for named contexts (empty: the default compositor).
         name: String,
     },
-    /// A known command this device does not implement (pipes, dmabufs, foreign ids).
+    /// `VFD_NEW_PIPE`: a pipe the guest reads (`VFD_READ`) or writes (`VFD_WRITE`); its
+    /// other end travels to the compositor in a `VFD_SEND`.
+    NewPipe {
+        /// Guest-chosen id.
+        id: u32,
+        /// `VFD_READ` or `VFD_WRITE`.
+        flags: u32,
+    },
+    /// A known command this device does not implement (dmabufs, foreign ids).
     Unsupported(u32),
 }
 
@@ -198,7 +206,14 @@ pub fn parse_command(b: &[u8]) -> Result<Command<'_>, CmdError> {
                 name: name.to_string(),
             })
         }
-        CMD_VFD_NEW_PIPE | CMD_VFD_NEW_DMABUF | CMD_VFD_DMABUF_SYNC | CMD_VFD_SEND_FOREIGN_ID => {
+        CMD_VFD_NEW_PIPE => {
+            need(cmd, b, 28)?;
+            Ok(Command::NewPipe {
+                id: u32_at(b, 8),
+                flags: u32_at(b, 12),
+            })
+        }
+        CMD_VFD_NEW_DMABUF | CMD_VFD_DMABUF_SYNC | CMD_VFD_SEND_FOREIGN_ID => {
             Ok(Command::Unsupported(cmd))
         }
         other => Err(CmdError::Unknown(other)),

@@ -25,6 +25,28 @@ impl Drop for Kill {
     }
 }
 
+/// Asserts that the device process under `pid` (the single-child chain's leaf) runs under a
+/// seccomp filter with no_new_privs and no capabilities.
+fn assert_jailed(pid: u32) {
+    let mut leaf = pid;
+    loop {
+        let kids: Vec<u32> = std::fs::read_to_string(format!("/proc/{leaf}/task/{leaf}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        match kids.as_slice() {
+            [only] => leaf = *only,
+            _ => break,
+        }
+    }
+    assert_ne!(leaf, pid, "the device runs in a jailed child");
+    let status = std::fs::read_to_string(format!("/proc/{leaf}/status")).unwrap();
+    for want in ["Seccomp:\t2", "NoNewPrivs:\t1", "CapEff:\t0000000000000000"] {
+        assert!(status.contains(want), "{want} missing in:\n{status}");
+    }
+}
+
 fn le(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
 }
@@ -287,8 +309,9 @@ fn jailed_device_commits_a_shm_buffer_that_shows_in_westons_screenshot() {
     let w = start_weston();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("wl.sock");
-    let _d = spawn_device(&sock, &w.sock);
+    let d = spawn_device(&sock, &w.sock);
     let g = Guest::connect(&sock);
+    assert_jailed(d.0.id());
     let mut c = Client {
         g,
         stream: Vec::new(),
@@ -486,4 +509,102 @@ fn jailed_device_commits_a_shm_buffer_that_shows_in_westons_screenshot() {
             }
         }
     }
+}
+
+/// VFD_NEW_PIPE through the jailed device, with the test as the compositor (a real Unix
+/// socket peer receiving the pipe ends with SCM_RIGHTS): data flows both ways through the
+/// pipes, a closed far end becomes VFD_HUP, misuse gets its error answer.
+#[test]
+fn jailed_device_relays_pipes_both_ways() {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+    let wdir = tempfile::tempdir().unwrap();
+    let wsock = wdir.path().join("wayland-0");
+    let listener = std::os::unix::net::UnixListener::bind(&wsock).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("wl.sock");
+    let _d = spawn_device(&sock, &wsock);
+    let mut g = Guest::connect(&sock);
+    assert_eq!(le(&g.cmd(&new_ctx(1)), 0), RESP_VFD_NEW);
+    let (peer, _) = listener.accept().unwrap();
+    peer.set_read_timeout(Some(T)).unwrap();
+    let pipe = |id: u32, flags: u32| vfd_new(CMD_VFD_NEW_PIPE, id, flags, 0, 0);
+    let r = g.cmd(&pipe(5, VFD_READ));
+    assert_eq!(
+        (le(&r, 0), le(&r, 8), le(&r, 12)),
+        (RESP_VFD_NEW, 5, VFD_READ)
+    );
+    let r = g.cmd(&pipe(6, VFD_WRITE));
+    assert_eq!(
+        (le(&r, 0), le(&r, 8), le(&r, 12)),
+        (RESP_VFD_NEW, 6, VFD_WRITE)
+    );
+    assert_eq!(
+        le(&g.cmd(&pipe(7, 0)), 0),
+        RESP_INVALID_FLAGS,
+        "no direction"
+    );
+    assert_eq!(
+        le(&g.cmd(&pipe(5, VFD_READ)), 0),
+        RESP_INVALID_ID,
+        "id reuse"
+    );
+    // The far ends travel to the compositor with a VFD_SEND.
+    assert_eq!(le(&g.cmd(&send_cmd(1, &[5, 6], b"pipes")), 0), RESP_OK);
+    let mut buf = [0u8; 64];
+    let mut fds = [-1; 4];
+    let mut iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    // SAFETY: the iovec points at a live buffer; received fds become ours.
+    let (n, nfds) = unsafe { peer.recv_with_fds(&mut iov, &mut fds) }.unwrap();
+    assert_eq!((&buf[..n], nfds), (&b"pipes"[..], 2));
+    // SAFETY: fds just received, owned here.
+    let (mut to_guest, mut from_guest) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    assert_eq!(
+        le(&g.cmd(&send_cmd(1, &[5], b"again")), 0),
+        RESP_INVALID_ID,
+        "a pipe's far end is sent once"
+    );
+    // Compositor → guest through pipe 5.
+    to_guest.write_all(b"from-compositor").unwrap();
+    let deadline = Instant::now() + T;
+    let got = 'got: loop {
+        assert!(Instant::now() < deadline, "no VFD_RECV on the pipe");
+        for m in g.events(Duration::from_millis(100)) {
+            if le(&m, 0) == CMD_VFD_RECV && le(&m, 8) == 5 {
+                break 'got m[16..].to_vec();
+            }
+        }
+    };
+    assert_eq!(got, b"from-compositor");
+    // Guest → compositor through pipe 6; a readable pipe cannot be written.
+    assert_eq!(le(&g.cmd(&send_cmd(6, &[], b"from-guest")), 0), RESP_OK);
+    let mut b = [0u8; 10];
+    from_guest.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"from-guest");
+    assert_eq!(le(&g.cmd(&send_cmd(5, &[], b"x")), 0), RESP_INVALID_TYPE);
+    // The compositor closing its end → VFD_HUP; closing pipe 6 → EOF for the compositor.
+    drop(to_guest);
+    let deadline = Instant::now() + T;
+    'hup: loop {
+        assert!(Instant::now() < deadline, "no VFD_HUP for the pipe");
+        for m in g.events(Duration::from_millis(100)) {
+            if le(&m, 0) == CMD_VFD_HUP && le(&m, 8) == 5 {
+                break 'hup;
+            }
+        }
+    }
+    let mut close = hdr(CMD_VFD_CLOSE);
+    close.extend_from_slice(&6u32.to_le_bytes());
+    assert_eq!(le(&g.cmd(&close), 0), RESP_OK);
+    assert_eq!(from_guest.read(&mut b).unwrap(), 0, "EOF after VFD_CLOSE");
 }

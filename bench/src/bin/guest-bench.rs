@@ -8,7 +8,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use cordon_bench::guest::{plan, plan_var, script, vm_label, Config, Disk, Report};
+use cordon_bench::guest::{conditions_of, plan, plan_var, script, vm_label, Config, Disk, Report};
 use cordon_tests::guest::console::logs_dir;
 use cordon_tests::guest::{assets, NestedRunner};
 use std::path::PathBuf;
@@ -42,6 +42,11 @@ struct Args {
     /// Print the L1 script and exit (nothing is booted).
     #[arg(long)]
     print_script: bool,
+    /// Re-render the results from a saved console log of a run made with the same
+    /// options, keeping the conditions paragraph of the existing `--out` file (nothing is
+    /// booted).
+    #[arg(long, value_name = "LOG")]
+    from_log: Option<PathBuf>,
 }
 
 fn loadavg() -> String {
@@ -75,6 +80,19 @@ fn main() -> Result<()> {
     };
     if a.print_script {
         print!("{}", script(&cfg));
+        return Ok(());
+    }
+    if let Some(log) = &a.from_log {
+        let console = std::fs::read_to_string(log)
+            .with_context(|| format!("--from-log {}", log.display()))?;
+        let old = std::fs::read_to_string(&a.out)
+            .with_context(|| format!("reading the conditions from {}", a.out.display()))?;
+        let conditions = conditions_of(&old).ok_or_else(|| {
+            anyhow::anyhow!("{} is not a guest-bench results file", a.out.display())
+        })?;
+        let md = Report::parse(&console, &cfg)?.markdown(&cfg, conditions);
+        std::fs::write(&a.out, &md).with_context(|| format!("writing {}", a.out.display()))?;
+        println!("{md}");
         return Ok(());
     }
     let kernel = assets()?.kernel_version.clone();
@@ -128,7 +146,7 @@ fn main() -> Result<()> {
     };
     let conditions = format!(
         "Measured {started} with `cargo run -p cordon-bench --release --bin guest-bench` \
-         (wall time {wall:.0} s) on a {} -core host, load average {load_before} before and \
+         (wall time {wall:.0} s) on a {}-core host, load average {load_before} before and \
          {load_after} after (other agents building and testing).\n\n\
          Where: {where_}\n\n\
          Guest: Debian cloud kernel {kernel}, the harness's busybox + agent initramfs, \

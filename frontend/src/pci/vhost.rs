@@ -7,11 +7,14 @@
 //! the rings over again starting from the used index (nothing the guest saw completed is
 //! replayed; requests in flight are re-run).
 
+use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserInflight, VhostUserProtocolFeatures,
+};
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::{VhostBackend, VringConfigData};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
@@ -164,11 +167,15 @@ pub struct VhostUserBackend {
     offered: u64,
     protocol: VhostUserProtocolFeatures,
     reconnects: u32,
+    /// The backend's inflight region (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD), fetched once per
+    /// device activation and handed to every reconnected backend process.
+    inflight: Option<(VhostUserInflight, File)>,
 }
 
 const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
     .union(VhostUserProtocolFeatures::CONFIG)
-    .union(VhostUserProtocolFeatures::REPLY_ACK);
+    .union(VhostUserProtocolFeatures::REPLY_ACK)
+    .union(VhostUserProtocolFeatures::INFLIGHT_SHMFD);
 
 fn proto(e: VuError) -> BackendError {
     BackendError::Protocol(e.to_string())
@@ -192,6 +199,7 @@ impl VhostUserBackend {
             offered: 0,
             protocol: VhostUserProtocolFeatures::empty(),
             reconnects: 0,
+            inflight: None,
         };
         b.open(timeout).map_err(|e| BackendError::Connect {
             kind: kind.name(),
@@ -266,6 +274,28 @@ impl VhostUserBackend {
         resume: bool,
     ) -> Result<(), BackendError> {
         let pf = self.offered & (1 << 30);
+        let tracked = self
+            .protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD);
+        let mut inflight = self.inflight.take();
+        let c = self.conn()?;
+        let fe = c.frontend();
+        if tracked {
+            // The backend records in-flight requests in a region we keep: fetched once, then
+            // passed to every (restarted) backend process before its rings are set up, so a
+            // backend that died mid-request re-runs it.
+            if inflight.is_none() {
+                let num_queues = u16::try_from(rings.len()).unwrap_or(u16::MAX);
+                let queue_size = rings.iter().map(|r| r.size).max().unwrap_or(0);
+                let req = VhostUserInflight::new(0, 0, num_queues, queue_size);
+                inflight = Some(fe.get_inflight_fd(&req).map_err(vh("GET_INFLIGHT_FD"))?);
+            }
+            if let Some((info, file)) = &inflight {
+                fe.set_inflight_fd(info, file.as_raw_fd())
+                    .map_err(vh("SET_INFLIGHT_FD"))?;
+            }
+        }
+        self.inflight = inflight;
         let c = self.conn()?;
         let fe = c.frontend();
         fe.set_features(acked | pf).map_err(vh("SET_FEATURES"))?;
@@ -312,8 +342,10 @@ impl VhostUserBackend {
         Ok(())
     }
 
-    /// Stops the given vrings (device reset).
+    /// Stops the given vrings (device reset). The inflight region is dropped: the next
+    /// activation starts with a fresh one.
     pub fn stop(&mut self, indexes: &[usize]) {
+        self.inflight = None;
         let Ok(c) = self.conn() else { return };
         for i in indexes {
             if let Err(e) = c.stop_vring(*i) {

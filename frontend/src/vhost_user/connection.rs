@@ -1,12 +1,14 @@
 //! One vhost-user connection, driven as a frontend (wraps `vhost::vhost_user::Frontend`).
 
+use std::fs::File;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -147,6 +149,18 @@ impl VhostUserConnection {
         queue: &DriverQueue,
         mem: &GuestMemoryMmap,
     ) -> Result<()> {
+        self.setup_vring_from(index, queue, mem, 0)
+    }
+
+    /// Like [`setup_vring`](Self::setup_vring), starting at available index `base` (a
+    /// reconnect resumes from the used index).
+    pub fn setup_vring_from(
+        &mut self,
+        index: usize,
+        queue: &DriverQueue,
+        mem: &GuestMemoryMmap,
+        base: u16,
+    ) -> Result<()> {
         let va = |addr| -> Result<u64> {
             mem.get_host_address(addr)
                 .map(|p| p as u64)
@@ -161,7 +175,7 @@ impl VhostUserConnection {
             avail_ring_addr: va(queue.avail_ring())?,
             log_addr: None,
         };
-        self.setup_vring_raw(index, queue, &cfg)
+        self.setup_vring_raw_from(index, queue, &cfg, base)
     }
 
     /// Like [`setup_vring`](Self::setup_vring) with caller-chosen (possibly hostile) addresses.
@@ -171,6 +185,16 @@ impl VhostUserConnection {
         queue: &DriverQueue,
         cfg: &VringConfigData,
     ) -> Result<()> {
+        self.setup_vring_raw_from(index, queue, cfg, 0)
+    }
+
+    fn setup_vring_raw_from(
+        &mut self,
+        index: usize,
+        queue: &DriverQueue,
+        cfg: &VringConfigData,
+        base: u16,
+    ) -> Result<()> {
         self.fe
             .set_vring_num(index, cfg.queue_size)
             .map_err(vhost_err("SET_VRING_NUM"))?;
@@ -178,7 +202,7 @@ impl VhostUserConnection {
             .set_vring_addr(index, cfg)
             .map_err(vhost_err("SET_VRING_ADDR"))?;
         self.fe
-            .set_vring_base(index, 0)
+            .set_vring_base(index, base)
             .map_err(vhost_err("SET_VRING_BASE"))?;
         self.fe
             .set_vring_call(index, queue.call_event())
@@ -199,6 +223,26 @@ impl VhostUserConnection {
         self.fe
             .get_vring_base(index)
             .map_err(vhost_err("GET_VRING_BASE"))
+    }
+
+    /// GET_INFLIGHT_FD: the backend's inflight region for `num_queues` queues of
+    /// `queue_size` (needs the INFLIGHT_SHMFD protocol feature).
+    pub fn get_inflight_fd(
+        &mut self,
+        num_queues: u16,
+        queue_size: u16,
+    ) -> Result<(VhostUserInflight, File)> {
+        self.fe
+            .get_inflight_fd(&VhostUserInflight::new(0, 0, num_queues, queue_size))
+            .map_err(vhost_err("GET_INFLIGHT_FD"))
+    }
+
+    /// SET_INFLIGHT_FD: hands an inflight region (from a previous backend) to this one.
+    pub fn set_inflight_fd(&mut self, info: &VhostUserInflight, file: &File) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        self.fe
+            .set_inflight_fd(info, file.as_raw_fd())
+            .map_err(vhost_err("SET_INFLIGHT_FD"))
     }
 
     /// GET_CONFIG: reads `len` bytes of the device config space at `offset`.

@@ -8,11 +8,12 @@
 //! assert_eq!(c.written[0].len(), 64);
 //! ```
 
+use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -240,6 +241,45 @@ impl VhostUserDriver {
         let head = queue.add(mem, bufs)?;
         queue.kick()?;
         Ok(head)
+    }
+
+    /// Publishes a chain on queue `q` without kicking; returns its head (the device sees it
+    /// only when it looks at the ring: after a kick, or when it re-runs in-flight work).
+    pub fn publish(&mut self, q: usize, bufs: &[Buffer]) -> Result<u16> {
+        let mem = &self.mem.mem;
+        let queue = self
+            .queues
+            .get_mut(q)
+            .ok_or_else(|| Error::Invalid(format!("no queue {q}")))?;
+        queue.add(mem, bufs)
+    }
+
+    /// Reconnects to a (restarted) backend at `path` keeping this driver's guest memory and
+    /// queues, as a VMM does: negotiate, hand over `inflight` (SET_INFLIGHT_FD) if given,
+    /// share the same memory, and set every vring up again from its used index (the
+    /// requests the driver has seen completed are not replayed). Nothing is kicked.
+    pub fn reconnect(
+        &mut self,
+        path: &Path,
+        cfg: &DriverConfig,
+        inflight: Option<&(VhostUserInflight, File)>,
+    ) -> Result<()> {
+        let mut conn = VhostUserConnection::connect(path, cfg.num_queues, cfg.connect_timeout)?;
+        conn.negotiate(cfg.features, cfg.protocol_features)?;
+        if let Some((info, file)) = inflight {
+            conn.set_inflight_fd(info, file)?;
+        }
+        conn.set_mem_table(&self.mem.mem)?;
+        for (i, q) in self.queues.iter().enumerate() {
+            let used: u16 = self
+                .mem
+                .mem
+                .read_obj(GuestAddress(q.used_ring().0 + 2))
+                .map_err(|e| Error::Memory(e.to_string()))?;
+            conn.setup_vring_from(i, q, &self.mem.mem, u16::from_le(used))?;
+        }
+        self.conn = conn;
+        Ok(())
     }
 
     /// Waits for used elements on queue `q`.

@@ -400,3 +400,102 @@ impl Drop for BackendChannel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vhost_user::memory::memfd;
+
+    fn req(off: u64, len: u64, fd_off: u64, writable: bool) -> VhostUserMMap {
+        VhostUserMMap {
+            shmid: 0,
+            fd_offset: fd_off,
+            shm_offset: off,
+            len,
+            flags: if writable {
+                VhostUserMMapFlags::WRITABLE.bits()
+            } else {
+                0
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn map_read_write_unmap() {
+        let r = SharedMemoryRegion::new(0, 1 << 20).unwrap();
+        let f = memfd("shm-test", 8192).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"from-backend", 4096).unwrap();
+        r.map(&req(0x10000, 4096, 4096, true), f.as_raw_fd())
+            .unwrap();
+        let mut b = [0u8; 12];
+        r.read(0x10000, &mut b).unwrap();
+        assert_eq!(&b, b"from-backend", "fd offset honoured");
+        r.write(0x10004, b"FRONT").unwrap();
+        let mut back = [0u8; 12];
+        f.read_exact_at(&mut back, 4096).unwrap();
+        assert_eq!(&back, b"fromFRONTend", "writes reach the backend's file");
+        // Reads outside a mapping are refused, not faulted.
+        assert!(r.read(0x10000 + 4090, &mut b).is_err());
+        assert!(r.read(0, &mut b).is_err());
+        r.unmap(&req(0x10000, 4096, 0, false)).unwrap();
+        assert!(r.read(0x10000, &mut b).is_err());
+        assert!(r.mappings().is_empty());
+    }
+
+    #[test]
+    fn hostile_requests_are_refused() {
+        let r = SharedMemoryRegion::new(0, 1 << 20).unwrap();
+        let f = memfd("shm-test", 1 << 20).unwrap();
+        let fd = f.as_raw_fd();
+        let einval = Some(libc::EINVAL);
+        let code = |res: io::Result<()>| res.err().and_then(|e| e.raw_os_error());
+        assert_eq!(code(r.map(&req(0, 0, 0, true), fd)), einval, "empty");
+        assert_eq!(
+            code(r.map(&req(100, 4096, 0, true), fd)),
+            einval,
+            "unaligned"
+        );
+        assert_eq!(
+            code(r.map(&req(1 << 20, 4096, 0, true), fd)),
+            einval,
+            "past the end"
+        );
+        assert_eq!(
+            code(r.map(&req(u64::MAX - 4095, 8192, 0, true), fd)),
+            einval,
+            "wrapping"
+        );
+        r.map(&req(0x4000, 0x4000, 0, false), fd).unwrap();
+        assert_eq!(
+            code(r.map(&req(0x6000, 0x4000, 0, true), fd)),
+            Some(libc::EEXIST),
+            "overlap"
+        );
+        assert_eq!(
+            code(r.map(&req(0x2000, 0x4000, 0, true), fd)),
+            Some(libc::EEXIST),
+            "overlap from below"
+        );
+        assert!(r.write(0x4000, b"x").is_err(), "read-only mapping");
+        assert_eq!(
+            code(r.unmap(&req(0x5000, 0x1000, 0, false))),
+            Some(libc::ENOENT),
+            "not a mapping start"
+        );
+        assert_eq!(
+            code(r.map(&req(0, 4096, 0, true), -1)),
+            Some(libc::EBADF),
+            "bad fd"
+        );
+        let m = Mapper {
+            regions: vec![Arc::new(r)],
+        };
+        let mut other = req(0, 4096, 0, true);
+        other.shmid = 3;
+        assert!(m.shmem_map(&other, &fd).is_err(), "unknown region");
+        assert!(SharedMemoryRegion::new(1, 0).is_err());
+        assert!(SharedMemoryRegion::new(1, MAX_REGION_SIZE + 1).is_err());
+    }
+}

@@ -57,6 +57,33 @@ pub fn write(c: &CheckSpec) -> Result<Outcome, String> {
     )))
 }
 
+/// `blk-stream:dev=vda:offset=N:chunks=N:chunk=BYTES`: writes `chunks` chunks one after
+/// the other (O_DIRECT, each fsynced; chunk `i` filled with byte `i % 250 + 1`), failing on
+/// the first I/O error; then reads them all back and compares. For fault tests: the host
+/// kills the block backend while this runs.
+pub fn stream(c: &CheckSpec) -> Result<Outcome, String> {
+    let dev = c.str_or("dev", "vda");
+    let offset = c.u64_or("offset", 64 << 20)?;
+    let chunks = c.u64_or("chunks", 64)?;
+    let chunk = c.u64_or("chunk", 65536)? as usize;
+    let fill = |i: u64| (i % 250 + 1) as u8;
+    for i in 0..chunks {
+        let at = offset + i * chunk as u64;
+        direct_write(&dev, at, &vec![fill(i); chunk])
+            .map_err(|e| format!("write of chunk {i} at {at}: {e}"))?;
+    }
+    for i in 0..chunks {
+        let at = offset + i * chunk as u64;
+        let back = direct_read(&dev, at, chunk).map_err(|e| format!("read of chunk {i}: {e}"))?;
+        if back.iter().any(|&b| b != fill(i)) {
+            return Ok(Outcome::fail(format!("chunk {i} at {at} reads back wrong")));
+        }
+    }
+    Ok(Outcome::pass(format!(
+        "wrote, fsynced and read back {chunks} chunks of {chunk} bytes at {offset}"
+    )))
+}
+
 /// `blk-rw:dev=vda:offset=1048576:len=4096[:hex=HEX]`: writes (random bytes unless given),
 /// reads back with O_DIRECT, compares.
 pub fn rw(c: &CheckSpec) -> Result<Outcome, String> {

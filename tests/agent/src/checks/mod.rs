@@ -21,6 +21,7 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("blk-read", blk::read),
     ("blk-write", blk::write),
     ("blk-rw", blk::rw),
+    ("blk-stream", blk::stream),
     ("blk-flush", blk::flush),
     ("blk-discard", blk::discard),
     ("blk-size", blk::size),
