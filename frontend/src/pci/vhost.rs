@@ -279,7 +279,7 @@ impl VhostUserBackend {
             .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD);
         let mut inflight = self.inflight.take();
         let c = self.conn()?;
-        let fe = c.frontend();
+        let mut fe = c.frontend();
         if tracked {
             // The backend records in-flight requests in a region we keep: fetched once, then
             // passed to every (restarted) backend process before its rings are set up, so a
@@ -297,11 +297,13 @@ impl VhostUserBackend {
         }
         self.inflight = inflight;
         let c = self.conn()?;
-        let fe = c.frontend();
-        fe.set_features(acked | pf).map_err(vh("SET_FEATURES"))?;
+        c.frontend()
+            .set_features(acked | pf)
+            .map_err(vh("SET_FEATURES"))?;
         c.set_mem_table(mem).map_err(proto)?;
-        let fe = c.frontend();
         for r in rings {
+            // One watchdog window per ring.
+            let mut fe = c.frontend();
             let va = |a: u64| -> Result<u64, BackendError> {
                 mem.get_host_address(GuestAddress(a))
                     .map(|p| p as u64)

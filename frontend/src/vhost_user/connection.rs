@@ -16,6 +16,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::shmem::{BackendChannel, SharedMemoryRegion};
 use super::virtqueue::DriverQueue;
+use super::watchdog::{Armed, Watchdog};
 use super::{vhost_err, Error, Result};
 
 /// How long [`VhostUserConnection::connect`] waits for a backend socket to appear.
@@ -24,9 +25,30 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a reply from the backend.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The raw `vhost` frontend, with the reply watchdog armed while this is held (see
+/// [`VhostUserConnection::frontend`]).
+pub struct RawFrontend<'a> {
+    fe: &'a mut Frontend,
+    _armed: Armed,
+}
+
+impl std::ops::Deref for RawFrontend<'_> {
+    type Target = Frontend;
+    fn deref(&self) -> &Frontend {
+        self.fe
+    }
+}
+
+impl std::ops::DerefMut for RawFrontend<'_> {
+    fn deref_mut(&mut self) -> &mut Frontend {
+        self.fe
+    }
+}
+
 /// A connected vhost-user frontend.
 pub struct VhostUserConnection {
     fe: Frontend,
+    watch: Watchdog,
     num_queues: usize,
     features: u64,
     protocol: VhostUserProtocolFeatures,
@@ -53,21 +75,33 @@ impl VhostUserConnection {
         }
     }
 
-    /// Uses an already connected stream. Replies are awaited at most [`REPLY_TIMEOUT`], so a
-    /// stuck backend is an error rather than a hang.
+    /// Uses an already connected stream. Every exchange must be over within
+    /// [`REPLY_TIMEOUT`]: past it the connection is closed, so a stuck backend is an error
+    /// rather than a hang.
     pub fn from_stream(stream: UnixStream, num_queues: usize) -> Self {
-        let _ = stream.set_read_timeout(Some(REPLY_TIMEOUT));
+        Self::with_reply_timeout(stream, num_queues, REPLY_TIMEOUT)
+    }
+
+    /// Like [`from_stream`](Self::from_stream) with another deadline per exchange.
+    pub fn with_reply_timeout(stream: UnixStream, num_queues: usize, limit: Duration) -> Self {
+        let watch = Watchdog::new(&stream, limit);
         VhostUserConnection {
             fe: Frontend::from_stream(stream, num_queues as u64),
+            watch,
             num_queues,
             features: 0,
             protocol: VhostUserProtocolFeatures::empty(),
         }
     }
 
-    /// The raw `vhost` frontend, for requests this wrapper does not cover.
-    pub fn frontend(&mut self) -> &mut Frontend {
-        &mut self.fe
+    /// The raw `vhost` frontend, for requests this wrapper does not cover. The reply
+    /// watchdog is armed until the returned handle is dropped: keep it for one exchange (or
+    /// a short burst), not longer than [`REPLY_TIMEOUT`].
+    pub fn frontend(&mut self) -> RawFrontend<'_> {
+        RawFrontend {
+            _armed: self.watch.arm(),
+            fe: &mut self.fe,
+        }
     }
 
     /// Virtio features acked by [`negotiate`](Self::negotiate).
@@ -87,6 +121,7 @@ impl VhostUserConnection {
         wanted: u64,
         wanted_protocol: VhostUserProtocolFeatures,
     ) -> Result<u64> {
+        let _armed = self.watch.arm();
         self.fe.set_owner().map_err(vhost_err("SET_OWNER"))?;
         let offered = self.fe.get_features().map_err(vhost_err("GET_FEATURES"))?;
         let pf_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
@@ -127,6 +162,7 @@ impl VhostUserConnection {
 
     /// SET_MEM_TABLE with every region of `mem` (each must be file backed).
     pub fn set_mem_table(&mut self, mem: &GuestMemoryMmap) -> Result<()> {
+        let _armed = self.watch.arm();
         let mut regions = Vec::new();
         for r in mem.iter() {
             regions.push(
@@ -195,6 +231,7 @@ impl VhostUserConnection {
         cfg: &VringConfigData,
         base: u16,
     ) -> Result<()> {
+        let _armed = self.watch.arm();
         self.fe
             .set_vring_num(index, cfg.queue_size)
             .map_err(vhost_err("SET_VRING_NUM"))?;
@@ -220,6 +257,7 @@ impl VhostUserConnection {
 
     /// GET_VRING_BASE: stops vring `index` and returns its next available index.
     pub fn stop_vring(&mut self, index: usize) -> Result<u32> {
+        let _armed = self.watch.arm();
         self.fe
             .get_vring_base(index)
             .map_err(vhost_err("GET_VRING_BASE"))
@@ -232,6 +270,7 @@ impl VhostUserConnection {
         num_queues: u16,
         queue_size: u16,
     ) -> Result<(VhostUserInflight, File)> {
+        let _armed = self.watch.arm();
         self.fe
             .get_inflight_fd(&VhostUserInflight::new(0, 0, num_queues, queue_size))
             .map_err(vhost_err("GET_INFLIGHT_FD"))
@@ -239,6 +278,7 @@ impl VhostUserConnection {
 
     /// SET_INFLIGHT_FD: hands an inflight region (from a previous backend) to this one.
     pub fn set_inflight_fd(&mut self, info: &VhostUserInflight, file: &File) -> Result<()> {
+        let _armed = self.watch.arm();
         use std::os::fd::AsRawFd;
         self.fe
             .set_inflight_fd(info, file.as_raw_fd())
@@ -247,6 +287,7 @@ impl VhostUserConnection {
 
     /// GET_CONFIG: reads `len` bytes of the device config space at `offset`.
     pub fn get_config(&mut self, offset: u32, len: usize) -> Result<Vec<u8>> {
+        let _armed = self.watch.arm();
         let buf = vec![0u8; len];
         let (_, data) = self
             .fe
@@ -258,6 +299,7 @@ impl VhostUserConnection {
     /// GET_SHMEM_CONFIG (needs `VHOST_USER_PROTOCOL_F_SHMEM`): the size of each of the
     /// device's VIRTIO shared memory regions, indexed by `shmid`.
     pub fn shared_memory_config(&mut self) -> Result<Vec<u64>> {
+        let _armed = self.watch.arm();
         let cfg = self
             .fe
             .get_shmem_config()
@@ -280,11 +322,28 @@ impl VhostUserConnection {
         &mut self,
         regions: Vec<Arc<SharedMemoryRegion>>,
     ) -> Result<BackendChannel> {
+        let _armed = self.watch.arm();
         let reply_ack = self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
         let fe = &mut self.fe;
         BackendChannel::start(regions, reply_ack, |fd| {
             fe.set_backend_request_fd(&fd)
                 .map_err(vhost_err("SET_BACKEND_REQ_FD"))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_that_never_answers_is_an_error_not_a_hang() {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let mut c = VhostUserConnection::with_reply_timeout(ours, 1, Duration::from_millis(200));
+        let start = Instant::now();
+        let res = c.negotiate(u64::MAX, VhostUserProtocolFeatures::all());
+        assert!(res.is_err(), "negotiation with a silent backend must fail");
+        assert!(start.elapsed() < Duration::from_secs(10));
+        drop(theirs);
     }
 }

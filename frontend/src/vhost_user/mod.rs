@@ -14,6 +14,7 @@ pub mod driver;
 pub mod memory;
 pub mod shmem;
 pub mod virtqueue;
+pub mod watchdog;
 
 pub use connection::{VhostUserConnection, CONNECT_TIMEOUT};
 pub use driver::{Completion, DriverConfig, VhostUserDriver};
