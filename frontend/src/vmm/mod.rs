@@ -229,13 +229,18 @@ impl Vm {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let caps = cpuid::HostCaps {
+            tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer)
+                && std::env::var_os("CORDON_DBG_NO_TSC_DEADLINE").is_none(),
+        };
+        log::debug!("host capabilities for CPUID: {caps:?}");
         let mut vcpus = Vec::new();
         for id in 0..cfg.cpus {
             let v = fd
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             let mut c = supported.clone();
-            cpuid::filter(&mut c, id, cfg.cpus);
+            cpuid::filter(&mut c, id, cfg.cpus, caps);
             v.set_cpuid2(&c).map_err(kvm_err("KVM_SET_CPUID2"))?;
             regs::setup_msrs(&v)?;
             regs::setup_sregs(&v)?;

@@ -7,6 +7,8 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 /// Leaf 1 ECX bit 31: running under a hypervisor.
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX bit 24: the local APIC timer has a TSC-deadline mode.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 EDX bit 28: more than one logical processor per package.
 const EDX_HTT: u32 = 1 << 28;
 /// Leaf 0x8000_0007 EDX bit 8: invariant TSC.
@@ -14,7 +16,14 @@ const EDX_INVTSC: u32 = 1 << 8;
 /// Leaf 7 EDX bit 29: IA32_ARCH_CAPABILITIES MSR present.
 const EDX_ARCH_CAPABILITIES: u32 = 1 << 29;
 
-fn fix_entry(e: &mut kvm_cpuid_entry2, cpu: u8, ncpus: u8) {
+/// What the host's KVM offers beyond its supported CPUID list.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostCaps {
+    /// KVM_CAP_TSC_DEADLINE_TIMER: the in-kernel LAPIC emulates TSC-deadline mode.
+    pub tsc_deadline: bool,
+}
+
+fn fix_entry(e: &mut kvm_cpuid_entry2, cpu: u8, ncpus: u8, caps: HostCaps) {
     match e.function {
         0x1 => {
             // Initial APIC id, logical processor count and CLFLUSH line size (8 * 8 bytes):
@@ -22,6 +31,14 @@ fn fix_entry(e: &mut kvm_cpuid_entry2, cpu: u8, ncpus: u8) {
             e.ebx = (u32::from(cpu) << 24) | (u32::from(ncpus) << 16) | (8 << 8);
             // Tell the kernel it runs under a hypervisor, so it uses kvmclock and PV hints.
             e.ecx |= ECX_HYPERVISOR;
+            // TSC-deadline LAPIC timer: KVM emulates it in software (an hrtimer) but does not
+            // list it in KVM_GET_SUPPORTED_CPUID; VMMs add it when the capability is there
+            // (QEMU, Firecracker do). Linux then programs timer events as TSC deadlines and
+            // skips calibrating the LAPIC timer against the PIT, which on this nested host
+            // (PIT and TSC both emulated under TCG) is a measurement of noise.
+            if caps.tsc_deadline {
+                e.ecx |= ECX_TSC_DEADLINE;
+            }
             if ncpus > 1 {
                 e.edx |= EDX_HTT;
             } else {
@@ -77,9 +94,9 @@ fn fix_entry(e: &mut kvm_cpuid_entry2, cpu: u8, ncpus: u8) {
 }
 
 /// Applies the per-vCPU filter to every entry of `cpuid`.
-pub fn filter(cpuid: &mut CpuId, cpu: u8, ncpus: u8) {
+pub fn filter(cpuid: &mut CpuId, cpu: u8, ncpus: u8, caps: HostCaps) {
     for e in cpuid.as_mut_slice() {
-        fix_entry(e, cpu, ncpus);
+        fix_entry(e, cpu, ncpus, caps);
     }
 }
 
@@ -102,36 +119,46 @@ mod tests {
     #[test]
     fn leaf1_reports_our_apic_id_and_hypervisor() {
         let mut e = entry(1, 0);
-        fix_entry(&mut e, 3, 4);
+        fix_entry(&mut e, 3, 4, HostCaps::default());
         assert_eq!(e.ebx >> 24, 3);
         assert_eq!((e.ebx >> 16) & 0xff, 4);
         assert_ne!(e.ecx & ECX_HYPERVISOR, 0);
         let mut e = entry(1, 0);
-        fix_entry(&mut e, 0, 1);
+        fix_entry(&mut e, 0, 1, HostCaps::default());
         assert_eq!(e.edx & EDX_HTT, 0);
     }
 
     #[test]
     fn arch_capabilities_and_pmu_are_hidden() {
         let mut e = entry(7, 0);
-        fix_entry(&mut e, 0, 1);
+        fix_entry(&mut e, 0, 1, HostCaps::default());
         assert_eq!(e.edx & EDX_ARCH_CAPABILITIES, 0);
         let mut e = entry(0xa, 0);
-        fix_entry(&mut e, 0, 1);
+        fix_entry(&mut e, 0, 1, HostCaps::default());
         assert_eq!((e.eax, e.ebx, e.ecx, e.edx), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn tsc_deadline_follows_the_host_capability() {
+        let mut e = entry(1, 0);
+        e.ecx = 0;
+        fix_entry(&mut e, 0, 1, HostCaps::default());
+        assert_eq!(e.ecx & ECX_TSC_DEADLINE, 0);
+        fix_entry(&mut e, 0, 1, HostCaps { tsc_deadline: true });
+        assert_ne!(e.ecx & ECX_TSC_DEADLINE, 0);
     }
 
     #[test]
     fn invariant_tsc_is_hidden() {
         let mut e = entry(0x8000_0007, 0);
-        fix_entry(&mut e, 0, 1);
+        fix_entry(&mut e, 0, 1, HostCaps::default());
         assert_eq!(e.edx & EDX_INVTSC, 0);
     }
 
     #[test]
     fn topology_leaf_gives_x2apic_id() {
         let mut e = entry(0xb, 1);
-        fix_entry(&mut e, 2, 4);
+        fix_entry(&mut e, 2, 4, HostCaps::default());
         assert_eq!((e.eax, e.ebx, e.edx), (2, 4, 2));
     }
 }
