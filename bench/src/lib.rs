@@ -5,5 +5,6 @@ pub mod block;
 /// In-guest benchmark through `cordon run` (block vs qemu-storage-daemon, net, vsock, boot).
 pub mod guest;
 pub mod libseccomp;
+pub mod process;
 pub mod seccomp;
 pub mod vsock;

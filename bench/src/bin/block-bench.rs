@@ -56,13 +56,7 @@ struct Args {
     out: PathBuf,
 }
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use cordon_bench::process::Proc;
 
 fn wait_socket(p: &Path, child: &mut Child) -> anyhow::Result<()> {
     let start = Instant::now();

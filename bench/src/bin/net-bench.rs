@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -36,13 +36,7 @@ struct Args {
     out: PathBuf,
 }
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use cordon_bench::process::Proc;
 
 /// An Ethernet frame of `len` bytes (experimental ethertype: the host stack drops it cheaply).
 fn frame(len: usize) -> Vec<u8> {

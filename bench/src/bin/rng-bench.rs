@@ -33,13 +33,7 @@ struct Args {
     out: PathBuf,
 }
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use cordon_bench::process::Proc;
 
 /// Wait until `sock` accepts a connection (the peer may name its socket differently, so the
 /// candidates are tried in turn); returns the path that worked.
