@@ -41,6 +41,12 @@ pub trait OpenedDevice: Send {
     fn adopted_fds(&self) -> Vec<std::os::fd::RawFd> {
         Vec::new()
     }
+    /// Files the device created on the host while opening (e.g. a listening socket):
+    /// `cordon devices` removes them when it gives the device up or exits (the jailed child
+    /// cannot).
+    fn created_paths(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
     /// Serves frontends on `endpoint` (enter `opts.jail` first; [`crate::serve`] does).
     fn serve(self: Box<Self>, endpoint: Endpoint, opts: ServeOptions) -> anyhow::Result<()>;
 }

@@ -54,6 +54,7 @@ struct Prepared {
     opened: Box<dyn OpenedDevice>,
     endpoint: Endpoint,
     guard: Option<RemoveOnDrop>,
+    created: Vec<RemoveOnDrop>,
     fds: Vec<RawFd>,
 }
 
@@ -75,6 +76,8 @@ struct Running {
     pid: libc::pid_t,
     jailed: bool,
     guard: Option<RemoveOnDrop>,
+    /// Host files the device created besides its socket (removed with it).
+    created: Vec<RemoveOnDrop>,
     state: State,
     /// Kept for restarts (None with `--restart never`, after the first fork).
     opened: Option<Box<dyn OpenedDevice>>,
@@ -97,6 +100,9 @@ impl Running {
     fn finish(&mut self) {
         self.state = State::Done;
         if let Some(g) = self.guard.take() {
+            g.remove();
+        }
+        for g in self.created.drain(..) {
             g.remove();
         }
         self.opened = None;
@@ -160,11 +166,17 @@ pub fn run_devices(requests: Vec<DeviceRequest>, opts: DevicesOptions) -> anyhow
             other => (other, None),
         };
         log::info!("{name}: listening on {}", sock.display());
+        let created = opened
+            .created_paths()
+            .iter()
+            .map(|p| RemoveOnDrop::new(p))
+            .collect();
         prepared.push(Prepared {
             name,
             opened,
             endpoint,
             guard,
+            created,
             fds,
         });
     }
@@ -179,6 +191,7 @@ pub fn run_devices(requests: Vec<DeviceRequest>, opts: DevicesOptions) -> anyhow
             pid: 0,
             jailed: false,
             guard: p.guard,
+            created: p.created,
             state: State::Done,
             opened: Some(p.opened),
             endpoint: Some(p.endpoint),

@@ -85,7 +85,8 @@ fn cordon_stop_ends_a_device_tree_cleanly() {
     for k in kids {
         assert!(!alive(k), "device process {k} survived");
     }
-    for p in [&rng, &vsock, &ctl] {
+    // The vsock device's host listener (uds-path) goes too.
+    for p in [&rng, &vsock, &ctl, &dir.path().join("v")] {
         assert!(!p.exists(), "{} left behind", p.display());
     }
     // A stopped tree answers nothing: cordon stop says so and fails.

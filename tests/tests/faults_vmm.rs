@@ -113,8 +113,8 @@ kids=$(cat /proc/$devices/task/$devices/children)
 cordon stop $R/devices.ctl; say "stop devices rc=$?"
 wait $devices; say "devices exited status=$?"
 left=0; for k in $kids; do [ -d /proc/$k ] && left=$((left+1)); done
-# (The vsock device's host listener, uds-path $R/vsock, is not removed yet: docs/E2E.md.)
-n=0; for f in blk.sock rng.sock vsock.sock net.sock con.sock devices.ctl vmm3.sock; do [ -e $R/$f ] && { n=$((n+1)); say "left behind: $f"; }; done
+# vsock is the vsock device's host listener (uds-path), removed by the tree too.
+n=0; for f in blk.sock rng.sock vsock.sock vsock net.sock con.sock devices.ctl vmm3.sock; do [ -e $R/$f ] && { n=$((n+1)); say "left behind: $f"; }; done
 say "device processes left=$left sockets left=$n"
 sed 's/^/L1-DEVICES /' $R/devices.log
 INNER

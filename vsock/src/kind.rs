@@ -49,6 +49,11 @@ impl OpenedDevice for OpenedVsock {
         }
     }
 
+    fn created_paths(&self) -> Vec<std::path::PathBuf> {
+        // The host-side listener (`CONNECT <port>` clients) bound at open.
+        vec![self.cfg.uds_path.clone()]
+    }
+
     fn serve(self: Box<Self>, endpoint: Endpoint, opts: ServeOptions) -> anyhow::Result<()> {
         serve(self.dev, endpoint, opts)?;
         Ok(())
