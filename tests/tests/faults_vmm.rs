@@ -72,7 +72,13 @@ else
 fi
 for d in block-0 net-0 rng-0 vsock-0 serial-0; do
   if waitfor $R/devices.log "$d: frontend disconnected\|$d: frontend dropped" 30; then
-    n=$(grep -c "$d: waiting for a frontend" $R/devices.log); say "noticed $d waiting=$n"
+    # "waiting for a frontend" is logged just after "disconnected": give it a moment.
+    i=0; while :; do
+      n=$(grep -c "$d: waiting for a frontend" $R/devices.log)
+      [ $n -ge 2 ] || [ $i -ge 50 ] && break
+      i=$((i+1)); sleep 0.2
+    done
+    say "noticed $d waiting=$n"
   fi
 done
 say "devices alive after vmm kill: $(kill -0 $devices && echo yes || echo no) children=$(cat /proc/$devices/task/$devices/children | wc -w)"
