@@ -164,7 +164,12 @@ fn checks() -> Vec<Check> {
     ]
 }
 
+// Out of the default suite: its three nested boots in one L1 passed phases 1 and 2 in every
+// CI run, but the third boot hung once (no output from L1 for minutes) and the test then
+// holds CI for its whole 20-minute budget. Run it with
+// `cargo test --release -p cordon-tests --test faults_vmm -- --ignored` (docs/E2E.md).
 #[test]
+#[ignore = "nested, 3 boots, one intermittent L1 hang seen in CI: run with --ignored"]
 fn backends_survive_a_killed_vmm_and_cordon_stop_ends_everything() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let disk = dir.path().join("disk.img");
