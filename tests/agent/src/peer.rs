@@ -68,13 +68,6 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// FNV-1a, a short fingerprint for the log line.
-fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 fn unix_echo(path: &str) -> Result<(), String> {
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path).map_err(|e| format!("bind {path}: {e}"))?;
@@ -90,7 +83,7 @@ fn unix_echo(path: &str) -> Result<(), String> {
             emit(&format!(
                 "CORDON-PEER unix-echo bytes={} fnv={:016x} ok={}",
                 got.len(),
-                fnv(&got),
+                crate::hex::fnv(&got),
                 r.is_ok()
             ));
         });
@@ -164,8 +157,8 @@ fn vsock_connect(uds: &str, port: u32, len: usize) -> Result<(), String> {
                     "CORDON-PEER vsock-connect port={port} sent={} received={} sent_fnv={:016x} received_fnv={:016x} ok={}",
                     data.len(),
                     got.len(),
-                    fnv(&data),
-                    fnv(&got),
+                    crate::hex::fnv(&data),
+                    crate::hex::fnv(&got),
                     got == data
                 ));
                 return if got == data {

@@ -25,9 +25,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// The stand-in VMM script: QEMU with KVM (microvm, serial on stdout) boots the L2 guest.
+///
+/// microvm has no i8042, so the agent's `reboot=k` would make Linux poll a missing
+/// keyboard controller (hundreds of thousands of nested port exits), then jump to the
+/// firmware in real mode, which hung some CI runs after "reboot: Restarting system".
+/// `reboot=t` triple-faults at once, and `-no-reboot` turns that into QEMU's exit.
 pub const STAND_IN_VMM: &str = r#"qemu-system-x86_64 -L /usr/share/qemu -M microvm,rtc=off -enable-kvm -cpu host \
   -m 256 -smp 1 -nographic -no-reboot -kernel "$L2_KERNEL" -initrd "$L2_INITRD" \
-  -append "$L2_CMDLINE pci=off"
+  -append "$(echo "$L2_CMDLINE" | sed 's/reboot=k/reboot=t/') pci=off"
 "#;
 
 /// Modules L1 loads: KVM for AMD (QEMU TCG `-cpu max` emulates SVM), and TUN for the TAP

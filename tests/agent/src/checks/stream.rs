@@ -104,12 +104,14 @@ fn exchange<S: Read + Write>(
     s.write_all(&send).map_err(|e| format!("send: {e}"))?;
     shut(&s);
     let got = receive(&mut s, c)?;
-    let mut out = Outcome::pass(format!("sent {} bytes, received {}", send.len(), got.len()))
-        .with("received", hex::encode(&got));
+    let mut out = with_received(
+        Outcome::pass(format!("sent {} bytes, received {}", send.len(), got.len())),
+        &got,
+    );
     if let Some(e) = c.hex("expect")? {
         if e != got {
             out.ok = false;
-            out.detail = format!("expected {}, got {}", hex::encode(&e), hex::encode(&got));
+            out.detail = mismatch(&e, &got);
         }
     }
     Ok(out)
@@ -118,15 +120,55 @@ fn exchange<S: Read + Write>(
 fn echo<S: Read + Write>(mut s: S, c: &CheckSpec) -> Result<Outcome, String> {
     let got = receive(&mut s, c)?;
     s.write_all(&got).map_err(|e| format!("echo: {e}"))?;
-    let mut out = Outcome::pass(format!("received and echoed {} bytes", got.len()))
-        .with("received", hex::encode(&got));
+    let mut out = with_received(
+        Outcome::pass(format!("received and echoed {} bytes", got.len())),
+        &got,
+    );
     if let Some(e) = c.hex("expect")? {
         if e != got {
             out.ok = false;
-            out.detail = format!("expected {}, got {}", hex::encode(&e), hex::encode(&got));
+            out.detail = mismatch(&e, &got);
         }
     }
     Ok(out)
+}
+
+/// Longest payload a result line carries in full (`received`, hex); longer ones are
+/// reported as `received_len` and `received_fnv` only. Result lines go out on the serial
+/// console, which under nested emulation moves a few KiB per second: 256 KiB in hex took
+/// minutes there.
+pub const MAX_ECHOED: usize = 4096;
+
+/// Adds what was received to `out`: the bytes in hex when short, always their length
+/// and FNV-1a fingerprint.
+fn with_received(out: Outcome, got: &[u8]) -> Outcome {
+    let out = out
+        .with("received_len", got.len().to_string())
+        .with("received_fnv", format!("{:016x}", hex::fnv(got)));
+    if got.len() <= MAX_ECHOED {
+        out.with("received", hex::encode(got))
+    } else {
+        out
+    }
+}
+
+/// The detail of a payload that differs from the expected one: both in hex when short,
+/// else their lengths and fingerprints.
+fn mismatch(expected: &[u8], got: &[u8]) -> String {
+    if expected.len().max(got.len()) <= MAX_ECHOED {
+        return format!(
+            "expected {}, got {}",
+            hex::encode(expected),
+            hex::encode(got)
+        );
+    }
+    format!(
+        "expected {} bytes (fnv {:016x}), got {} bytes (fnv {:016x})",
+        expected.len(),
+        hex::fnv(expected),
+        got.len(),
+        hex::fnv(got)
+    )
 }
 
 /// Reads the peer's bytes: exactly `len` if given (for peers that never half-close), else
@@ -294,4 +336,36 @@ pub fn vsock_listen(c: &CheckSpec) -> Result<Outcome, String> {
     let port = c.u64_or("port", 7000)? as u32;
     let f = vsock_accept(port)?;
     echo(f, c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_payloads_are_echoed_in_full_long_ones_by_fingerprint() {
+        let short = with_received(Outcome::pass(""), b"PONG");
+        assert_eq!(short.data["received"], "504f4e47");
+        assert_eq!(short.data["received_len"], "4");
+        let long_data = vec![7u8; MAX_ECHOED + 1];
+        let long = with_received(Outcome::pass(""), &long_data);
+        assert!(!long.data.contains_key("received"));
+        assert_eq!(long.data["received_len"], (MAX_ECHOED + 1).to_string());
+        assert_eq!(
+            long.data["received_fnv"],
+            format!("{:016x}", hex::fnv(&long_data))
+        );
+    }
+
+    #[test]
+    fn long_mismatches_are_described_by_length_and_fingerprint() {
+        assert_eq!(mismatch(b"ab", b"ac"), "expected 6162, got 6163");
+        let d = mismatch(&vec![1u8; MAX_ECHOED * 2], b"x");
+        assert!(
+            d.starts_with(&format!("expected {} bytes (fnv ", MAX_ECHOED * 2)),
+            "{d}"
+        );
+        assert!(d.contains("got 1 bytes"), "{d}");
+        assert!(d.len() < 200, "{d}");
+    }
 }
