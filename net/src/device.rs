@@ -373,7 +373,7 @@ impl NetDevice {
                 Delivered::TooBig => {
                     used_any = true;
                 }
-                Delivered::NoBuffers => {
+                Delivered::NoBuffers { end } => {
                     inner.pairs[i].pending = Some(f);
                     // Stop watching the TAP until the guest adds buffers (its kick resumes us).
                     inner.pairs[i].rx_armed = false;
@@ -382,7 +382,7 @@ impl NetDevice {
                         vring.signal_used_queue()?;
                     }
                     used_any = false;
-                    if Self::rearm_rx(mem, vring)? {
+                    if Self::rearm_rx(mem, vring, end)? {
                         continue;
                     }
                     break;
@@ -395,24 +395,27 @@ impl NetDevice {
         Ok(())
     }
 
-    /// Asks the guest for a kick when it adds RX buffers beyond those already posted, and
-    /// returns whether it added some meanwhile. A frame that needs more buffers than are
-    /// posted leaves them posted (`deliver` rewinds), so `enable_notification` alone would
-    /// both see "more buffers" forever (a spin that never lets the guest run its refill)
-    /// and publish an `avail_event` behind the driver's index (so no kick would come).
-    fn rearm_rx(mem: &Guard, vring: &VringRwLock) -> io::Result<bool> {
+    /// Asks the guest for a kick when it adds RX buffers beyond `end`, the available index
+    /// at which `deliver` ran out, and returns whether it added some since then (retry).
+    ///
+    /// A frame that needs more buffers than are posted leaves them posted (`deliver`
+    /// rewinds), so `enable_notification` at the rewound position would see "more
+    /// buffers" forever (a spin that never lets the guest run its refill) and publish an
+    /// `avail_event` behind the driver's index (no kick would come). Publishing a later
+    /// index than `end` loses a wakeup instead: buffers the guest posted between
+    /// `deliver`'s last look and this call would be taken as already seen, the guest,
+    /// having filled its ring, would not kick again, and the frame would wait forever
+    /// (the "one GSO frame short" host-to-guest TCP stall).
+    fn rearm_rx(mem: &Guard, vring: &VringRwLock, end: u16) -> io::Result<bool> {
         let mut state = vring.get_mut();
         let q = state.get_queue_mut();
         if !q.ready() {
             return Ok(false);
         }
         let rewound = q.next_avail();
-        let posted = q
-            .avail_idx(&**mem, std::sync::atomic::Ordering::Acquire)
-            .map_err(io::Error::other)?;
-        // enable_notification publishes next_avail as avail_event (with EVENT_IDX) and
-        // compares the available index to it: point it at the end of what is posted.
-        q.set_next_avail(posted.0);
+        // enable_notification publishes next_avail as avail_event (with EVENT_IDX), then
+        // compares the available index with it.
+        q.set_next_avail(end);
         let more = q.enable_notification(&**mem).map_err(io::Error::other);
         q.set_next_avail(rewound);
         more
@@ -437,10 +440,11 @@ impl NetDevice {
                 .get_queue_mut()
                 .pop_descriptor_chain(mem.clone());
             let Some(chain) = chain else {
+                let end = vring.get_ref().get_queue().next_avail();
                 for _ in 0..chains.len() {
                     vring.get_mut().get_queue_mut().go_to_previous_position();
                 }
-                return Ok(Delivered::NoBuffers);
+                return Ok(Delivered::NoBuffers { end });
             };
             let head = chain.head_index();
             let w = match virtio_queue::Writer::new(&**mem, chain) {
@@ -504,7 +508,10 @@ impl NetDevice {
 enum Delivered {
     Yes,
     TooBig,
-    NoBuffers,
+    /// The posted buffers ran out at available index `end`; nothing was consumed.
+    NoBuffers {
+        end: u16,
+    },
 }
 
 impl VhostUserBackend for NetDevice {
@@ -644,5 +651,65 @@ impl cordon_backends::Backend for NetDevice {
         // QEMU's vhost-user-net enables the rings before it acknowledges
         // VHOST_USER_F_PROTOCOL_FEATURES (see cordon_backends::relay::Fixups).
         true
+    }
+}
+
+#[cfg(test)]
+mod rearm_tests {
+    use super::*;
+    use crate::guestq::{guest_memory, GuestQueue};
+
+    /// Pops every posted RX chain as `deliver` does for a frame too big for them, rewinds,
+    /// and returns the available index at which the pops ran out.
+    fn pop_all_and_rewind(mem: &Guard, vring: &VringRwLock) -> u16 {
+        let mut popped = 0;
+        while vring
+            .get_mut()
+            .get_queue_mut()
+            .pop_descriptor_chain(mem.clone())
+            .is_some()
+        {
+            popped += 1;
+        }
+        let end = vring.get_ref().get_queue().next_avail();
+        for _ in 0..popped {
+            vring.get_mut().get_queue_mut().go_to_previous_position();
+        }
+        end
+    }
+
+    /// The guest posts buffers after `deliver` ran out of them but before the device
+    /// re-arms: its kick check saw the old `avail_event`, so it sends none. The device
+    /// must notice those buffers itself (retry), or the frame waits forever.
+    #[test]
+    fn buffers_posted_between_running_out_and_rearming_are_not_lost() {
+        let (mem, bases) = guest_memory(1, 16, 256);
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        let mut q = GuestQueue::new(&mem, bases[0], 16, 256);
+        let vring = q.vring(&atomic);
+        vring.set_queue_event_idx(true);
+        let guard = atomic.memory();
+        for _ in 0..4 {
+            q.add(&[Err(256)]);
+        }
+        let end = pop_all_and_rewind(&guard, &vring);
+        assert_eq!(end, 4);
+        // The guest adds two more buffers now, without a kick.
+        for _ in 0..2 {
+            q.add(&[Err(256)]);
+        }
+        assert!(
+            NetDevice::rearm_rx(&guard, &vring, end).unwrap(),
+            "buffers posted after the device ran out must make it retry"
+        );
+        // Retrying sees all six; still too few for the frame: no new buffers since, so
+        // no retry, and the guest is asked to kick on the very next buffer it adds.
+        let end = pop_all_and_rewind(&guard, &vring);
+        assert_eq!(end, 6);
+        assert!(!NetDevice::rearm_rx(&guard, &vring, end).unwrap());
+        assert_eq!(q.avail_event(), 6);
+        assert!(q.would_kick(true, 6, 7));
+        // The rewound chains are still there for the next attempt.
+        assert_eq!(vring.get_ref().get_queue().next_avail(), 0);
     }
 }

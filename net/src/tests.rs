@@ -167,15 +167,20 @@ impl Guest {
         out
     }
 
-    /// Receives until `pred` matches a frame; answers the kernel's ARP requests meanwhile.
-    fn recv_until(&mut self, pair: usize, pred: impl Fn(&[u8]) -> bool) -> (VnetHdr, Vec<u8>) {
+    /// Receives until `pred` matches a frame on any queue pair (a multi-queue TAP picks the
+    /// queue of each host frame by its flow hash); answers the kernel's ARP requests
+    /// meanwhile, on the pair they came from.
+    fn recv_until(&mut self, pred: impl Fn(&[u8]) -> bool) -> (VnetHdr, Vec<u8>) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let pairs = self.rxq.len();
+        for round in 0.. {
+            let pair = round % pairs;
             assert!(
                 Instant::now() < deadline,
                 "expected frame never arrived on RX"
             );
-            for (h, f) in self.recv(pair, 200) {
+            let timeout_ms = 200 / pairs as i32;
+            for (h, f) in self.recv(pair, timeout_ms) {
                 if pred(&f) {
                     return (h, f);
                 }
@@ -191,6 +196,7 @@ impl Guest {
                 }
             }
         }
+        unreachable!("the deadline ends the loop")
     }
 }
 
@@ -267,7 +273,7 @@ fn host_mac(g: &mut Guest) -> Vec<u8> {
         VnetHdr::default(),
         &arp(1, &[0xff; 6], GUEST, &[0; 6], HOST),
     );
-    let (_, f) = g.recv_until(0, |f| is_arp(f, 2) && f[28..32] == HOST.octets());
+    let (_, f) = g.recv_until(|f| is_arp(f, 2) && f[28..32] == HOST.octets());
     assert_eq!(&f[32..38], &GMAC, "ARP reply addressed to the guest");
     f[22..28].to_vec()
 }
@@ -293,9 +299,7 @@ fn arp_icmp_udp_both_directions() {
         VnetHdr::default(),
         &eth(&hmac, &GMAC, 0x0800, &ipv4(1, GUEST, HOST, &icmp)),
     );
-    let (_, f) = g.recv_until(0, |f| {
-        f.len() > 42 && f[12..14] == [8, 0] && f[23] == 1 && f[34] == 0
-    });
+    let (_, f) = g.recv_until(|f| f.len() > 42 && f[12..14] == [8, 0] && f[23] == 1 && f[34] == 0);
     assert_eq!(&f[38..40], &[0x12, 0x34], "echo reply carries our id");
     assert!(f.ends_with(b"cordon-ping"));
     // UDP to a host socket.
@@ -317,11 +321,11 @@ fn arp_icmp_udp_both_directions() {
     assert_eq!(from, (GUEST, 4444).into());
     // Host traffic arrives on RX, including a frame larger than one RX buffer (merged).
     sock.send_to(b"to-guest", (GUEST, 4444)).unwrap();
-    let (_, f) = g.recv_until(0, |f| is_udp_to(f, 4444));
+    let (_, f) = g.recv_until(|f| is_udp_to(f, 4444));
     assert!(f.ends_with(b"to-guest"));
     let big: Vec<u8> = (0..1400u32).map(|i| i as u8).collect();
     sock.send_to(&big, (GUEST, 4444)).unwrap();
-    let (h, f) = g.recv_until(0, |f| is_udp_to(f, 4444));
+    let (h, f) = g.recv_until(|f| is_udp_to(f, 4444));
     assert!(h.num_buffers >= 1);
     assert_eq!(&f[42..], &big[..]);
     assert_eq!(g.dev.error_counts(), (0, 0));
@@ -443,7 +447,7 @@ fn event_idx_frame_larger_than_posted_buffers_waits_for_a_kick_without_spinning(
     assert_eq!(g.rxq[0].avail_event(), idx);
     assert!(g.rxq[0].would_kick(true, idx, idx.wrapping_add(1)));
     // The guest refills (and kicks): the waiting frame arrives, whole.
-    let (h, f) = g.recv_until(0, |f| is_udp_to(f, 7100));
+    let (h, f) = g.recv_until(|f| is_udp_to(f, 7100));
     assert_eq!(h.num_buffers, 6);
     assert_eq!(&f[42..], &[2u8; 1400][..]);
 }
@@ -526,7 +530,7 @@ fn checksum_offload_via_vnet_header_and_tunsetoffload() {
     assert_eq!(&r[..n], payload);
     // RX: with GUEST_CSUM acked the TAP passes partial checksums up (NEEDS_CSUM set).
     sock.send_to(b"x", (GUEST, 4000)).unwrap();
-    let (h, _) = g.recv_until(0, |f| is_udp_to(f, 4000));
+    let (h, _) = g.recv_until(|f| is_udp_to(f, 4000));
     assert_eq!(
         h.flags & F_NEEDS_CSUM,
         F_NEEDS_CSUM,
@@ -538,7 +542,7 @@ fn checksum_offload_via_vnet_header_and_tunsetoffload() {
     let _ = host_mac(&mut g);
     let s2 = UdpSocket::bind(("10.77.0.1", 0)).unwrap();
     s2.send_to(b"y", (GUEST, 4001)).unwrap();
-    let (h, _) = g.recv_until(0, |f| is_udp_to(f, 4001));
+    let (h, _) = g.recv_until(|f| is_udp_to(f, 4001));
     assert_eq!(h.flags & F_NEEDS_CSUM, 0);
 }
 
