@@ -164,19 +164,18 @@ fn checks() -> Vec<Check> {
     ]
 }
 
-// Out of the default suite: its three nested boots in one L1 passed phases 1 and 2 in every
-// CI run, but the third boot hung once (no output from L1 for minutes) and the test then
-// holds CI for its whole 20-minute budget. Run it with
-// `cargo test --release -p cordon-tests --test faults_vmm -- --ignored` (docs/E2E.md).
+// Its third boot once looked hung in CI (no new console line for minutes): it was the
+// guest agent printing the 256 KiB vsock payload as one 512 KiB hex line on the nested
+// serial console. Results now carry long payloads as length + fingerprint; the three
+// boots take ~2.5 min here.
 #[test]
-#[ignore = "nested, 3 boots, one intermittent L1 hang seen in CI: run with --ignored"]
 fn backends_survive_a_killed_vmm_and_cordon_stop_ends_everything() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let disk = dir.path().join("disk.img");
     make_disk(&disk)?;
     // Three guest boots in one L1: allow more than the default nested timeout.
     let r = NestedRunner::new()?
-        .timeout(std::time::Duration::from_secs(1200))
+        .timeout(std::time::Duration::from_secs(600))
         .static_bin("cordon", "cordon")?
         .static_bin("cordon-guest-agent", "cordon-guest-agent")?
         .file("disk.img", &disk)
