@@ -111,10 +111,11 @@ pub fn in_netns(inner: &str, env: &str) -> String {
 const INNER: &str = r#"echo "CORDON-E2E starting cordon devices"
 __START_DEVICES__
 echo "CORDON-E2E backends listening: $(ls $R | tr '\n' ' ')"
-# Host-side peers.
+# Host-side peers. Their lines go to a file printed at the end: written to the console
+# while the guest prints a result, a peer's line split that result line in two (CI).
 nc -ll -p 7000 -e cat &
-cordon-guest-agent --peer unix-echo $R/vsock_7001 &
-cordon-guest-agent --peer vsock-connect $R/vsock 7002 $VSOCK_HOST_LEN &
+cordon-guest-agent --peer unix-echo $R/vsock_7001 >> $R/peers.log 2>&1 &
+cordon-guest-agent --peer vsock-connect $R/vsock 7002 $VSOCK_HOST_LEN >> $R/peers.log 2>&1 &
 ( while ! grep -q GUEST-OUT $R/con.out; do sleep 0.2; done; printf 'HOST-IN!' >&3 ) &
 __CORDON_RUN__
 rc=$?
@@ -125,6 +126,7 @@ for kid in $(cat /proc/$devices/task/$devices/children 2>/dev/null); do
 done
 kill $devices; wait $devices; echo "CORDON-E2E cordon devices exited $?"
 echo "CORDON-E2E-CONSOLE-OUT $(od -An -tx1 $R/con.out | tr -d ' \n')"
+cat $R/peers.log
 sed 's/^/L1-DEVICES /' $R/devices.log
 exit $rc"#;
 

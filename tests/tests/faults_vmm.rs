@@ -9,7 +9,8 @@
 //!    barrier on the console) the script kills the rng, net and vsock device processes with
 //!    `kill -9`; `cordon devices` restarts them, the VMM reconnects, and the guest keeps
 //!    reading /dev/hwrng, pings, moves a file over TCP and opens new vsock streams both ways,
-//!    while the vsock stream that was open during the kill ends on the host side;
+//!    while the vsock stream that was open during the kill ends on the host side and, by
+//!    the restarted device's transport reset, in the guest;
 //! 3. a VMM stopped with `cordon stop <vmm socket>`: it exits 0; then `cordon stop <devices
 //!    socket>` ends every device process, `cordon devices` exits 0 and removes its sockets.
 
@@ -85,9 +86,11 @@ say "devices alive after vmm kill: $(kill -0 $devices && echo yes || echo no) ch
 
 # 2. The next VMM on the same tree; at the console barrier, kill -9 of rng, net and vsock.
 nc -ll -p 7000 -e cat &
-cordon-guest-agent --peer unix-echo $R/vsock_7001 &
-cordon-guest-agent --peer unix-hold $R/vsock_7005 &
-cordon-guest-agent --peer vsock-connect $R/vsock 7002 __VSOCK_HOST_LEN__ &
+# Peer lines go to a file printed at the end: on the console, one split a guest result
+# line in two (CI run of 2026-12-02).
+cordon-guest-agent --peer unix-echo $R/vsock_7001 >> $R/peers.log 2>&1 &
+cordon-guest-agent --peer unix-hold $R/vsock_7005 >> $R/peers.log 2>&1 &
+cordon-guest-agent --peer vsock-connect $R/vsock 7002 __VSOCK_HOST_LEN__ >> $R/peers.log 2>&1 &
 (
   waitfor $R/con.out KILL-NOW 600 || exit 1
   for d in __KILLED__; do
@@ -122,6 +125,7 @@ left=0; for k in $kids; do [ -d /proc/$k ] && left=$((left+1)); done
 # vsock is the vsock device's host listener (uds-path), removed by the tree too.
 n=0; for f in blk.sock rng.sock vsock.sock vsock net.sock con.sock devices.ctl vmm3.sock; do [ -e $R/$f ] && { n=$((n+1)); say "left behind: $f"; }; done
 say "device processes left=$left sockets left=$n"
+cat $R/peers.log
 sed 's/^/L1-DEVICES /' $R/devices.log
 INNER
 unshare -n sh $R/inner.sh
@@ -161,6 +165,9 @@ fn checks() -> Vec<Check> {
             .bytes("send", VSOCK_PAYLOAD)
             .bytes("expect", VSOCK_PAYLOAD),
         Check::new("vsock-listen").arg("port", 7002),
+        // The stream held open across the vsock crash: the restarted device's transport
+        // reset must have ended it in the guest too.
+        Check::new("vsock-held").arg("expect", "reset"),
     ]
 }
 
@@ -256,6 +263,11 @@ fn backends_survive_a_killed_vmm_and_cordon_stop_ends_everything() -> anyhow::Re
         "open stream not reset: {}",
         explain()
     );
+    // ... and on the guest side (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET from the new process).
+    let held = l2(10)?;
+    assert_eq!(held.check, "vsock-held");
+    assert_eq!(held.value("states")?, "reset", "{}", explain());
+    assert_eq!(held.value("so_error")?, "104", "ECONNRESET: {}", explain());
 
     // 3. cordon stop: the VM, then the devices, cleanly.
     assert!(saw("stop vm rc=0"), "{}", explain());

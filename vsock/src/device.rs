@@ -1,6 +1,7 @@
 //! The vhost-user backend: moves packets between the virtqueues and the [`Muxer`].
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -10,6 +11,7 @@ use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::muxer::Muxer;
 use crate::packet::{Header, HDR_LEN, MAX_PKT_PAYLOAD};
@@ -18,14 +20,23 @@ use crate::packet::{Header, HDR_LEN, MAX_PKT_PAYLOAD};
 pub const RX_QUEUE: u16 = 0;
 /// Index of the TX queue (guest to device).
 pub const TX_QUEUE: u16 = 1;
-/// Index of the event queue (unused: no transport reset events are sent).
+/// Index of the event queue: carries `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` after a restart.
 pub const EVT_QUEUE: u16 = 2;
+/// `struct virtio_vsock_event` id telling the guest that every connection is gone.
+pub const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 /// Number of virtqueues.
 pub const NUM_QUEUES: usize = 3;
 /// Queue size the device accepts.
 pub const QUEUE_SIZE: usize = 1024;
 /// `handle_event` id of the muxer's epoll fd (after the queues and the exit event).
 pub const HOST_EVENT: u16 = NUM_QUEUES as u16 + 1;
+/// `handle_event` id of the timer that checks, every [`RESET_POLL`] after a frontend
+/// connects, whether the guest is owed a transport reset (see [`ResetState`]).
+pub const RESET_TIMER_EVENT: u16 = HOST_EVENT + 1;
+/// How often a new connection checks whether its rings are live yet: the reset must reach
+/// the guest before it opens new streams, and no ring event need come (a resumed guest
+/// may be idle).
+pub const RESET_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 
@@ -42,6 +53,37 @@ struct Inner {
     mem: Option<Mem>,
     muxer: Muxer,
     buf: Vec<u8>,
+    reset: ResetState,
+    /// Fires every [`RESET_POLL`] while `reset` is not settled.
+    reset_timer: TimerFd,
+    reset_timer_armed: bool,
+}
+
+/// Whether this connection owes the guest a transport reset.
+///
+/// A frontend that reconnects to a restarted backend resumes the RX and TX rings where
+/// the guest left them (non-zero `SET_VRING_BASE`): the guest still has streams this
+/// process knows nothing about. The device then sends one
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` on the event queue, and the guest's driver resets
+/// every connected socket (ECONNRESET) instead of waiting forever. A fresh guest starts
+/// its rings at 0 and gets no event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ResetState {
+    /// The rings' starting points are not all known yet.
+    Undecided {
+        /// `(RX, TX)` available index when each ring went live, once it did.
+        bases: [Option<u16>; 2],
+    },
+    /// A reset event waits for a buffer on the event queue.
+    Due,
+    /// Sent, or none needed, for this connection.
+    Settled,
+}
+
+impl ResetState {
+    const FRESH: ResetState = ResetState::Undecided {
+        bases: [None, None],
+    };
 }
 
 /// The virtio-vsock vhost-user backend.
@@ -63,12 +105,21 @@ impl VsockDevice {
             ));
         }
         let muxer = Muxer::new(cfg.guest_cid, &cfg.uds_path)?;
+        let reset_timer = TimerFd::new()?;
+        // Non-blocking: a read after the timer was disarmed must not stall the worker.
+        // SAFETY: fcntl on the timer fd we just created and own.
+        if unsafe { libc::fcntl(reset_timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(VsockDevice {
             cfg,
             inner: Mutex::new(Inner {
                 mem: None,
                 muxer,
                 buf: Vec::new(),
+                reset: ResetState::FRESH,
+                reset_timer,
+                reset_timer_armed: false,
             }),
         })
     }
@@ -97,9 +148,20 @@ impl VsockDevice {
             return Ok(());
         }
         let mem = mem.memory();
+        if event == RESET_TIMER_EVENT {
+            // Readable: consume the expirations (a failed read only means none).
+            let _ = inner.reset_timer.wait();
+        }
+        settle_reset(&mut inner, &mem, vrings)?;
+        if inner.reset == ResetState::Settled && inner.reset_timer_armed {
+            if let Err(e) = inner.reset_timer.clear() {
+                warn!("vsock: disarming the reset timer: {e}");
+            }
+            inner.reset_timer_armed = false;
+        }
         match event {
             RX_QUEUE | TX_QUEUE | HOST_EVENT => {}
-            EVT_QUEUE => return Ok(()),
+            EVT_QUEUE | RESET_TIMER_EVENT => return Ok(()),
             other => {
                 warn!("vsock: unexpected event {other}");
                 return Ok(());
@@ -124,6 +186,76 @@ impl VsockDevice {
             }
         }
         Ok(())
+    }
+}
+
+/// Records where the RX and TX rings started in this connection (before any of their
+/// chains is consumed) and, once all three rings are live, sends the transport reset a
+/// resumed guest is owed (see [`ResetState`]).
+fn settle_reset(
+    inner: &mut Inner,
+    mem: &GuestMemoryLoadGuard<GuestMemoryMmap>,
+    vrings: &[VringRwLock],
+) -> io::Result<()> {
+    if let ResetState::Undecided { mut bases } = inner.reset {
+        for (i, q) in [RX_QUEUE, TX_QUEUE].into_iter().enumerate() {
+            let v = &vrings[q as usize];
+            if bases[i].is_none() && vring_live(v) {
+                bases[i] = Some(v.get_ref().get_queue().next_avail());
+            }
+        }
+        inner.reset = match bases {
+            [Some(rx), Some(tx)] if vring_live(&vrings[EVT_QUEUE as usize]) => {
+                if rx != 0 || tx != 0 {
+                    log::info!(
+                        "vsock: the frontend resumed rings in use (RX at {rx}, TX at {tx}): \
+                         resetting the guest's connections"
+                    );
+                    ResetState::Due
+                } else {
+                    ResetState::Settled
+                }
+            }
+            _ => ResetState::Undecided { bases },
+        };
+    }
+    if inner.reset == ResetState::Due && send_transport_reset(mem, &vrings[EVT_QUEUE as usize])? {
+        inner.reset = ResetState::Settled;
+    }
+    Ok(())
+}
+
+/// Puts one `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` into the event queue; false if the guest
+/// has no event buffer posted yet (its next kick retries).
+fn send_transport_reset(
+    mem: &GuestMemoryLoadGuard<GuestMemoryMmap>,
+    vring: &VringRwLock,
+) -> io::Result<bool> {
+    loop {
+        let chain = vring
+            .get_mut()
+            .get_queue_mut()
+            .pop_descriptor_chain(mem.clone());
+        let Some(chain) = chain else {
+            return Ok(false);
+        };
+        let head = chain.head_index();
+        let written = match virtio_queue::Writer::new(&**mem, chain) {
+            Ok(mut w) if w.available_bytes() >= 4 => w
+                .write_all(&VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes())
+                .is_ok(),
+            Ok(_) | Err(_) => false,
+        };
+        if !written {
+            warn!("vsock: event buffer unusable for the transport reset; trying the next");
+            vring.add_used(head, 0).map_err(io::Error::other)?;
+            continue;
+        }
+        vring.add_used(head, 4).map_err(io::Error::other)?;
+        if vring.needs_notification().map_err(io::Error::other)? {
+            vring.signal_used_queue()?;
+        }
+        return Ok(true);
     }
 }
 
@@ -305,7 +437,9 @@ impl VhostUserBackend for VsockDevice {
     }
 
     fn reset_device(&self) {
-        self.lock().muxer.reset();
+        let mut inner = self.lock();
+        inner.muxer.reset();
+        inner.reset = ResetState::FRESH;
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -344,12 +478,30 @@ impl cordon_backends::Backend for VsockDevice {
         let w = workers
             .first()
             .ok_or_else(|| io::Error::other("no vring worker"))?;
-        w.register(self.host_event_fd(), EventSet::IN, HOST_EVENT as u64)
+        w.register(self.host_event_fd(), EventSet::IN, HOST_EVENT as u64)?;
+        let mut inner = self.lock();
+        inner.reset = ResetState::FRESH;
+        w.register(
+            inner.reset_timer.as_raw_fd(),
+            EventSet::IN,
+            RESET_TIMER_EVENT as u64,
+        )?;
+        inner
+            .reset_timer
+            .reset(RESET_POLL, Some(RESET_POLL))
+            .map_err(|e| io::Error::other(format!("arming the reset timer: {e}")))?;
+        inner.reset_timer_armed = true;
+        Ok(())
     }
 
     fn disconnected(&self) {
         let mut inner = self.lock();
         inner.muxer.reset();
         inner.mem = None;
+        inner.reset = ResetState::FRESH;
+        if inner.reset_timer_armed {
+            let _ = inner.reset_timer.clear();
+            inner.reset_timer_armed = false;
+        }
     }
 }

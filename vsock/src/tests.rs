@@ -773,3 +773,57 @@ fn host_connect_waits_for_enabled_queues() {
     assert_eq!(pk.len(), 1, "{pk:?}");
     assert_eq!((pk[0].0.op, pk[0].0.dst_port), (OP_REQUEST, 77));
 }
+
+/// Rings for a device whose frontend resumed RX and TX at `base` (as after a reconnect to
+/// a restarted backend), with four event buffers posted; returns (device, event queue,
+/// vrings, its socket directory).
+fn resumed_device(base: u16) -> (VsockDevice, GuestQueue, Vec<VringRwLock>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = VsockDevice::new(VsockConfig {
+        guest_cid: CID,
+        uds_path: dir.path().join("v.sock"),
+    })
+    .unwrap();
+    let slot = 4096;
+    let (mem, bases) = guest_memory(3, 16, slot);
+    let rxq = GuestQueue::new(&mem, bases[0], 16, slot);
+    let txq = GuestQueue::new(&mem, bases[1], 16, slot);
+    let mut evq = GuestQueue::new(&mem, bases[2], 16, slot);
+    let atomic = GuestMemoryAtomic::new(mem);
+    let vrings = vec![rxq.vring(&atomic), txq.vring(&atomic), evq.vring(&atomic)];
+    for v in &vrings[..2] {
+        v.set_queue_next_avail(base);
+    }
+    for _ in 0..4 {
+        evq.add(&[Err(8)]);
+    }
+    dev.update_memory(atomic).unwrap();
+    (dev, evq, vrings, dir)
+}
+
+/// A frontend that resumes rings in use (a restarted backend under a running guest) gets
+/// exactly one VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, from the reset timer alone (the guest
+/// may be idle), so the guest resets its streams instead of waiting on them forever.
+#[test]
+fn resumed_rings_get_one_transport_reset_event() {
+    let (dev, mut evq, vrings, _dir) = resumed_device(7);
+    dev.process(RESET_TIMER_EVENT, &vrings).unwrap();
+    let used = evq.take_used();
+    assert_eq!(used.len(), 1, "one event: {used:?}");
+    assert_eq!(
+        used[0].1,
+        VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes().to_vec()
+    );
+    dev.process(RESET_TIMER_EVENT, &vrings).unwrap();
+    dev.process(EVT_QUEUE, &vrings).unwrap();
+    assert!(evq.take_used().is_empty(), "only one reset per connection");
+}
+
+/// A fresh guest (rings start at 0) gets no reset event.
+#[test]
+fn fresh_rings_get_no_transport_reset_event() {
+    let (dev, mut evq, vrings, _dir) = resumed_device(0);
+    dev.process(RESET_TIMER_EVENT, &vrings).unwrap();
+    dev.process(EVT_QUEUE, &vrings).unwrap();
+    assert!(evq.take_used().is_empty());
+}

@@ -34,6 +34,7 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("net-stats", stream::stats),
     ("vsock-connect", stream::vsock_connect),
     ("vsock-listen", stream::vsock_listen),
+    ("vsock-held", stream::vsock_held),
     ("bench-blk", bench::blk),
     ("bench-send", bench::send),
     ("bench-recv", bench::recv),

@@ -284,10 +284,91 @@ pub fn vsock_connect(c: &CheckSpec) -> Result<Outcome, String> {
         // host can watch what happens to an open stream, e.g. when the device restarts.
         let keep = f.try_clone().map_err(|e| format!("dup: {e}"))?;
         let out = exchange(f, |_| {}, c)?;
-        std::mem::forget(keep);
+        HELD.lock().unwrap_or_else(|p| p.into_inner()).push(keep);
         return Ok(out.with("held", 1));
     }
     exchange(f, shut_write, c)
+}
+
+/// Streams kept open by `vsock-connect:hold=1`, for `vsock-held` to look at later.
+static HELD: std::sync::Mutex<Vec<File>> = std::sync::Mutex::new(Vec::new());
+
+/// What became of a held stream.
+fn held_state(f: &File, wait_ms: i32) -> Result<(&'static str, i32), String> {
+    let mut p = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut p, 1, wait_ms) };
+    if n < 0 {
+        return Err(format!("poll: {}", std::io::Error::last_os_error()));
+    }
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_ERROR into a c_int of the stated length.
+    unsafe {
+        libc::getsockopt(
+            f.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if n == 0 {
+        return Ok(("open", err));
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: non-blocking one-byte read into our buffer.
+    let r = unsafe { libc::recv(f.as_raw_fd(), b.as_mut_ptr().cast(), 1, libc::MSG_DONTWAIT) };
+    Ok(match r {
+        0 => ("closed", err),
+        r if r < 0 => match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::WouldBlock => ("open", err),
+            _ => ("reset", err),
+        },
+        _ => ("data", err),
+    })
+}
+
+/// `vsock-held[:expect=reset|open][:wait_ms=3000]`: what became of the streams held open
+/// by earlier `vsock-connect:hold=1` checks. `reset` (the default) passes when every held
+/// stream has ended (closed or reset: e.g. the device sent a transport reset after it was
+/// restarted), `open` when every one is still open after `wait_ms`.
+pub fn vsock_held(c: &CheckSpec) -> Result<Outcome, String> {
+    let expect = c.params.get("expect").map_or("reset", String::as_str);
+    if expect != "reset" && expect != "open" {
+        return Err(format!("expect={expect}: must be reset or open"));
+    }
+    let wait_ms = c.u64_or("wait_ms", 3000)?.min(60_000) as i32;
+    let held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    if held.is_empty() {
+        return Err("no held stream: run vsock-connect with hold=1 first".into());
+    }
+    let mut states = Vec::new();
+    let mut errors = Vec::new();
+    for f in held.iter() {
+        let (state, err) = held_state(f, wait_ms)?;
+        states.push(state);
+        errors.push(err.to_string());
+    }
+    let ended = |s: &&str| *s == "closed" || *s == "reset";
+    let ok = if expect == "reset" {
+        states.iter().all(ended)
+    } else {
+        states.iter().all(|s| *s == "open")
+    };
+    let detail = format!("held streams: {} (expected {expect})", states.join(" "));
+    let out = if ok {
+        Outcome::pass(detail)
+    } else {
+        Outcome::fail(detail)
+    };
+    Ok(out
+        .with("states", states.join(" "))
+        .with("so_error", errors.join(" ")))
 }
 
 /// Listens on vsock `port` (any CID), prints `CORDON-LISTENING vsock port=N`, accepts one
