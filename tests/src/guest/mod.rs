@@ -21,4 +21,4 @@ pub use assets::{assets, GuestAssets};
 pub use backend::{cordon_bin, BackendProcess, JailFacts};
 pub use check::{hex, unhex, Check, CheckResult};
 pub use nested::{GuestMode, NestedRunner};
-pub use runner::{GuestRunner, Results, RunningGuest};
+pub use runner::{GuestRunner, Results, RunningGuest, Stalled};

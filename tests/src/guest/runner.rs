@@ -69,6 +69,8 @@ pub struct GuestRunner {
     pub(crate) required_lines: Vec<String>,
     pub(crate) exact_name: bool,
     pub(crate) terminal: bool,
+    /// Kill the guest as [`Stalled`] when its console stays silent this long.
+    pub(crate) silence_limit: Option<Duration>,
     shell: bool,
     reconnect_ms: Option<u32>,
 }
@@ -96,6 +98,7 @@ impl GuestRunner {
             required_lines: Vec::new(),
             exact_name: false,
             terminal: false,
+            silence_limit: None,
             shell: false,
             reconnect_ms: None,
         }
@@ -401,6 +404,7 @@ impl GuestRunner {
             expect,
             required_lines: self.required_lines.clone(),
             allow_failures: self.allow_failures,
+            silence_limit: self.silence_limit,
         }
     }
 
@@ -422,7 +426,29 @@ pub struct RunningGuest {
     expect: Vec<(String, usize)>,
     required_lines: Vec<String>,
     allow_failures: bool,
+    silence_limit: Option<Duration>,
 }
+
+/// A guest whose console stayed silent for longer than its silence limit: it was killed.
+/// The error of [`RunningGuest::finish`] carries it (`err.downcast_ref::<Stalled>()`), so
+/// a runner can tell a stalled boot from a failed one.
+#[derive(Debug, Clone, Copy)]
+pub struct Stalled {
+    /// How long the console had been silent.
+    pub silent: Duration,
+}
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no console output for {:.0} s",
+            self.silent.as_secs_f64()
+        )
+    }
+}
+
+impl std::error::Error for Stalled {}
 
 impl RunningGuest {
     /// Path of the console log.
@@ -510,6 +536,8 @@ impl RunningGuest {
 
     /// Waits for the guest to power off (killing it at the deadline) and parses its results.
     pub fn finish(mut self) -> Result<Results> {
+        let mut console_len = 0;
+        let mut last_output = Instant::now();
         let status = loop {
             if let Some(c) = self.child.as_mut() {
                 if let Some(s) = c.try_wait()? {
@@ -519,6 +547,20 @@ impl RunningGuest {
             if Instant::now() > self.deadline {
                 self.kill();
                 return Err(self.failure("timed out (killed)"));
+            }
+            if let Some(limit) = self.silence_limit {
+                let len = std::fs::metadata(&self.log).map_or(0, |m| m.len());
+                if len != console_len {
+                    console_len = len;
+                    last_output = Instant::now();
+                } else if last_output.elapsed() > limit {
+                    self.kill();
+                    let stalled = Stalled {
+                        silent: last_output.elapsed(),
+                    };
+                    let text = self.failure(&format!("stalled ({stalled}), killed"));
+                    return Err(anyhow::Error::new(stalled).context(text.to_string()));
+                }
             }
             // A panicked guest under -no-reboot exits by itself; a paused one is caught here.
             if panic_line(&self.console()).is_some() {
@@ -625,5 +667,56 @@ impl Results {
             .iter()
             .find(|r| r.id == id)
             .ok_or_else(|| anyhow::anyhow!("no result for check #{id} in {}", self.log.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn silent_child(secs: &str) -> (Child, tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("console.log");
+        let vmm = dir.path().join("vmm.log");
+        std::fs::write(&vmm, b"").expect("vmm log");
+        let out = std::fs::File::create(&log).expect("console log");
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo booting; sleep {secs}"))
+            .stdout(out)
+            .spawn()
+            .expect("sh");
+        (child, dir, log, vmm)
+    }
+
+    /// A console that stops printing ends the run early as `Stalled`, long before the
+    /// deadline, and the child is killed.
+    #[test]
+    fn a_silent_console_is_reported_as_stalled() {
+        let (child, _dir, log, vmm) = silent_child("60");
+        let mut g = GuestRunner::tcg().timeout(Duration::from_secs(60));
+        g.silence_limit = Some(Duration::from_millis(700));
+        g.vm = String::new();
+        let start = Instant::now();
+        let err = g.running(child, log, vmm).finish().expect_err("stalled");
+        assert!(start.elapsed() < Duration::from_secs(10), "{err:#}");
+        let stalled = err.downcast_ref::<Stalled>().expect("a Stalled error");
+        assert!(stalled.silent >= Duration::from_millis(700));
+        assert!(
+            format!("{err:#}").contains("booting"),
+            "console quoted: {err:#}"
+        );
+    }
+
+    /// Without a silence limit the same console is only ended by the deadline (a timeout,
+    /// not a stall).
+    #[test]
+    fn without_a_limit_silence_is_only_a_timeout() {
+        let (child, _dir, log, vmm) = silent_child("60");
+        let mut g = GuestRunner::tcg().timeout(Duration::from_secs(2));
+        g.vm = String::new();
+        let err = g.running(child, log, vmm).finish().expect_err("timeout");
+        assert!(err.downcast_ref::<Stalled>().is_none(), "{err:#}");
+        assert!(err.to_string().contains("timed out"), "{err:#}");
     }
 }
