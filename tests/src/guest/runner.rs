@@ -377,6 +377,20 @@ impl GuestRunner {
         let qemu_log = dir.join(format!("{name}.qemu.log"));
         let _ = std::fs::remove_file(&log);
         let mut cmd = self.qemu_command(a, &log)?;
+        // With a silence limit, a monitor lets a stall be looked at before the kill. The
+        // path is short: Unix socket paths end at 108 bytes.
+        let monitor = self.silence_limit.map(|_| {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::env::temp_dir().join(format!("cordon-mon-{}-{n}", std::process::id()))
+        });
+        if let Some(m) = &monitor {
+            let _ = std::fs::remove_file(m);
+            cmd.args([
+                "-monitor",
+                &format!("unix:{},server=on,wait=off", m.display()),
+            ]);
+        }
         let stderr = std::fs::File::create(&qemu_log)?;
         if self.terminal {
             cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit());
@@ -387,7 +401,9 @@ impl GuestRunner {
         log::info!("guest {name}: {cmd:?}");
         std::fs::write(dir.join(format!("{name}.cmd")), format!("{cmd:?}\n"))?;
         let child = cmd.spawn().context("starting qemu-system-x86_64")?;
-        Ok(self.running(child, log, qemu_log))
+        let mut g = self.running(child, log, qemu_log);
+        g.monitor = monitor;
+        Ok(g)
     }
 
     /// The handle of a started guest process whose console goes to `log`.
@@ -405,6 +421,7 @@ impl GuestRunner {
             required_lines: self.required_lines.clone(),
             allow_failures: self.allow_failures,
             silence_limit: self.silence_limit,
+            monitor: None,
         }
     }
 
@@ -427,6 +444,28 @@ pub struct RunningGuest {
     required_lines: Vec<String>,
     allow_failures: bool,
     silence_limit: Option<Duration>,
+    /// QEMU's human monitor socket, when the guest has one.
+    monitor: Option<PathBuf>,
+}
+
+/// Sends one human-monitor command to QEMU at `socket` and returns what it printed within
+/// a second (empty if the monitor does not answer).
+fn monitor_query(socket: &Path, command: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = s.write_all(format!("{command}\n").as_bytes());
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A guest whose console stayed silent for longer than its silence limit: it was killed.
@@ -526,6 +565,18 @@ impl RunningGuest {
         Ok(())
     }
 
+    /// Before a stalled guest is killed: its vCPU state from QEMU's monitor, next to the
+    /// console log as `<name>.stall-regs.txt`, for whoever investigates the stall.
+    fn save_stall_state(&self) {
+        let Some(m) = &self.monitor else { return };
+        let mut text = monitor_query(m, "info registers");
+        text.push_str(&monitor_query(m, "info lapic"));
+        let path = self.log.with_extension("stall-regs.txt");
+        if std::fs::write(&path, text).is_ok() {
+            eprintln!("stalled guest: vCPU state saved in {}", path.display());
+        }
+    }
+
     /// Kills the guest.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -554,6 +605,7 @@ impl RunningGuest {
                     console_len = len;
                     last_output = Instant::now();
                 } else if last_output.elapsed() > limit {
+                    self.save_stall_state();
                     self.kill();
                     let stalled = Stalled {
                         silent: last_output.elapsed(),
@@ -626,6 +678,9 @@ impl RunningGuest {
 impl Drop for RunningGuest {
     fn drop(&mut self) {
         self.kill();
+        if let Some(m) = &self.monitor {
+            let _ = std::fs::remove_file(m);
+        }
     }
 }
 
