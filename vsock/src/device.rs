@@ -4,6 +4,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use log::{error, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -36,7 +37,10 @@ pub const RESET_TIMER_EVENT: u16 = HOST_EVENT + 1;
 /// How often a new connection checks whether its rings are live yet: the reset must reach
 /// the guest before it opens new streams, and no ring event need come (a resumed guest
 /// may be idle).
-pub const RESET_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+pub const RESET_POLL: Duration = Duration::from_millis(20);
+/// How long after a connect the reset timer keeps polling (a frontend that connects but
+/// never starts the device must not cost wakeups forever).
+pub const RESET_POLL_FOR: Duration = Duration::from_secs(10);
 
 type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 
@@ -56,7 +60,18 @@ struct Inner {
     reset: ResetState,
     /// Fires every [`RESET_POLL`] while `reset` is not settled.
     reset_timer: TimerFd,
-    reset_timer_armed: bool,
+    /// When the armed timer gives up (`None`: disarmed).
+    reset_poll_until: Option<Instant>,
+}
+
+impl Inner {
+    fn disarm_reset_timer(&mut self) {
+        if self.reset_poll_until.take().is_some() {
+            if let Err(e) = self.reset_timer.clear() {
+                warn!("vsock: disarming the reset timer: {e}");
+            }
+        }
+    }
 }
 
 /// Whether this connection owes the guest a transport reset.
@@ -119,7 +134,7 @@ impl VsockDevice {
                 buf: Vec::new(),
                 reset: ResetState::FRESH,
                 reset_timer,
-                reset_timer_armed: false,
+                reset_poll_until: None,
             }),
         })
     }
@@ -141,6 +156,16 @@ impl VsockDevice {
     /// Drives queues and host sockets: the body of `handle_event`.
     pub fn process(&self, event: u16, vrings: &[VringRwLock]) -> io::Result<()> {
         let mut inner = self.lock();
+        if event == RESET_TIMER_EVENT {
+            // Consume the expirations first, whatever happens next: the fd is level-triggered
+            // (a failed read only means none were pending).
+            let _ = inner.reset_timer.wait();
+            if inner.reset_poll_until.is_some_and(|t| Instant::now() > t) {
+                // The frontend never started all rings: stop polling, ring events still
+                // settle the reset.
+                inner.disarm_reset_timer();
+            }
+        }
         let Some(mem) = inner.mem.clone() else {
             return Ok(());
         };
@@ -148,16 +173,9 @@ impl VsockDevice {
             return Ok(());
         }
         let mem = mem.memory();
-        if event == RESET_TIMER_EVENT {
-            // Readable: consume the expirations (a failed read only means none).
-            let _ = inner.reset_timer.wait();
-        }
         settle_reset(&mut inner, &mem, vrings)?;
-        if inner.reset == ResetState::Settled && inner.reset_timer_armed {
-            if let Err(e) = inner.reset_timer.clear() {
-                warn!("vsock: disarming the reset timer: {e}");
-            }
-            inner.reset_timer_armed = false;
+        if inner.reset == ResetState::Settled {
+            inner.disarm_reset_timer();
         }
         match event {
             RX_QUEUE | TX_QUEUE | HOST_EVENT => {}
@@ -490,7 +508,7 @@ impl cordon_backends::Backend for VsockDevice {
             .reset_timer
             .reset(RESET_POLL, Some(RESET_POLL))
             .map_err(|e| io::Error::other(format!("arming the reset timer: {e}")))?;
-        inner.reset_timer_armed = true;
+        inner.reset_poll_until = Some(Instant::now() + RESET_POLL_FOR);
         Ok(())
     }
 
@@ -499,9 +517,6 @@ impl cordon_backends::Backend for VsockDevice {
         inner.muxer.reset();
         inner.mem = None;
         inner.reset = ResetState::FRESH;
-        if inner.reset_timer_armed {
-            let _ = inner.reset_timer.clear();
-            inner.reset_timer_armed = false;
-        }
+        inner.disarm_reset_timer();
     }
 }
