@@ -47,16 +47,20 @@ const L2_EXIT: &str = "reboot=k cordon.exit=reboot";
 pub const NESTED_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A nested run whose L1 console stays silent this long is taken as stalled, killed and
-/// booted once more (`CORDON_GUEST_SILENCE` seconds overrides, 0 turns it off).
+/// booted again, up to [`NESTED_ATTEMPTS`] boots in all (`CORDON_GUEST_SILENCE` seconds
+/// overrides, 0 turns it off).
 ///
 /// Why: inside the QEMU-TCG L1 an L2 boot now and then stops making progress for good (no
 /// output, the emulated L1 CPU busy): twice in the runs of 2026-11-25 and 2026-12-02 (the
 /// full-stack test in CI, just after its devices came up; a `guest-bench` boot), among
 /// dozens of nested boots that went through. Never seen on real KVM; tracked in
 /// docs/VMM.md. A
-/// second stall in a row still fails the test, so a regression that hangs every boot is
-/// not hidden; each retry is printed and its console kept as `<name>.stalled.log`.
-pub const NESTED_SILENCE: Duration = Duration::from_secs(150);
+/// stall in every attempt still fails the test, so a regression that hangs every boot is
+/// not hidden; each retry is printed and its console kept as `<name>.stalled-N.log`.
+pub const NESTED_SILENCE: Duration = Duration::from_secs(120);
+
+/// Boots a nested run gets when it stalls: the first and up to two more.
+pub const NESTED_ATTEMPTS: usize = 3;
 
 fn silence_limit() -> Option<Duration> {
     let secs = std::env::var("CORDON_GUEST_SILENCE")
@@ -373,13 +377,20 @@ impl NestedRunner {
             silence_limit()
         };
         let mut r = g.spawn().and_then(|guest| guest.finish());
-        if let Some(stalled) = r.as_ref().err().and_then(|e| e.downcast_ref::<Stalled>()) {
-            let log = dir.join(format!("{name}.log"));
-            let kept = dir.join(format!("{name}.stalled.log"));
-            let _ = std::fs::rename(&log, &kept);
+        for attempt in 1..NESTED_ATTEMPTS {
+            let Some(stalled) = r.as_ref().err().and_then(|e| e.downcast_ref::<Stalled>()) else {
+                break;
+            };
+            let kept = dir.join(format!("{name}.stalled-{attempt}.log"));
+            let _ = std::fs::rename(dir.join(format!("{name}.log")), &kept);
+            let _ = std::fs::rename(
+                dir.join(format!("{name}.stall-regs.txt")),
+                dir.join(format!("{name}.stall-regs-{attempt}.txt")),
+            );
             eprintln!(
-                "NESTED STALL: {name}: {stalled}; killed, booting L1 once more \
-                 (known nested-TCG stall, docs/VMM.md; console kept in {})",
+                "NESTED STALL: {name}: {stalled}; killed, booting L1 again (attempt {} of \
+                 {NESTED_ATTEMPTS}; known nested-TCG stall, docs/VMM.md; console kept in {})",
+                attempt + 1,
                 kept.display()
             );
             r = g.spawn().and_then(|guest| guest.finish());

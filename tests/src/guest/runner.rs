@@ -569,7 +569,12 @@ impl RunningGuest {
     /// console log as `<name>.stall-regs.txt`, for whoever investigates the stall.
     fn save_stall_state(&self) {
         let Some(m) = &self.monitor else { return };
+        // Two register samples a moment apart show whether the CPU still moves; the
+        // instructions at RIP show which code it is stuck in.
         let mut text = monitor_query(m, "info registers");
+        text.push_str(&monitor_query(m, "x/16i $pc"));
+        std::thread::sleep(Duration::from_millis(300));
+        text.push_str(&monitor_query(m, "info registers"));
         text.push_str(&monitor_query(m, "info lapic"));
         let path = self.log.with_extension("stall-regs.txt");
         if std::fs::write(&path, text).is_ok() {
