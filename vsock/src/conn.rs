@@ -54,6 +54,9 @@ pub struct Conn {
     pub hup: bool,
     /// Whether the write half of `stream` was shut down already.
     pub shut_write_done: bool,
+    /// The guest closed both directions while guest data still waited for the host:
+    /// the stream lives on until `pending` is written, then the guest gets its RST.
+    pub closing: bool,
     /// The connection is in the RX ready list.
     pub in_ready: bool,
     /// Epoll interest currently registered (`u32::MAX` = not registered).
@@ -88,6 +91,7 @@ impl Conn {
             host_eof: false,
             hup: false,
             shut_write_done: false,
+            closing: false,
             in_ready: false,
             interest: u32::MAX,
         }
@@ -160,6 +164,11 @@ impl Conn {
             self.pending_off = 0;
         }
         Ok(())
+    }
+
+    /// Whether a closing stream has written everything and can be reset now.
+    pub fn close_done(&self) -> bool {
+        self.closing && self.pending_len() == 0
     }
 
     /// Whether the guest should be told about freed buffer space now.

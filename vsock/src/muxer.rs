@@ -191,7 +191,11 @@ impl Muxer {
                 if let Err(e) = c.flush() {
                     debug!("vsock: host write {}:{}: {e}", key.0, key.1);
                     self.reset_conn(key);
+                    return;
                 }
+            }
+            if c.close_done() {
+                self.reset_conn(key);
             }
             return;
         }
@@ -293,9 +297,15 @@ impl Muxer {
                 c.guest_shut_send |= hdr.flags & SHUTDOWN_SEND != 0;
                 c.guest_shut_rcv |= hdr.flags & SHUTDOWN_RCV != 0;
                 if c.guest_shut_send && c.guest_shut_rcv {
-                    // Full close: flush what we can, then answer RST as Linux expects.
-                    let _ = c.flush();
-                    self.reset_conn(key);
+                    // Full close: answer RST as Linux expects, but only once every guest
+                    // byte reached the host (an RST now would drop what is still
+                    // buffered; the host may be slower to read than the guest to close).
+                    if c.flush().is_err() || c.pending_len() == 0 {
+                        self.reset_conn(key);
+                        return;
+                    }
+                    c.closing = true;
+                    self.update_interest(key);
                     return;
                 }
                 if let Err(e) = c.flush() {
@@ -412,6 +422,10 @@ impl Muxer {
                 if set.contains(EventSet::OUT) || c.hup {
                     if let Err(e) = c.flush() {
                         debug!("vsock: host write {}:{}: {e}", key.0, key.1);
+                        self.reset_conn(key);
+                        return;
+                    }
+                    if c.close_done() {
                         self.reset_conn(key);
                         return;
                     }

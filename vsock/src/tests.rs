@@ -848,3 +848,55 @@ fn reset_timer_event_without_memory_or_expiry_returns_at_once() {
     dev.process(RESET_TIMER_EVENT, &vrings).unwrap();
     assert!(start.elapsed() < Duration::from_secs(1));
 }
+
+#[test]
+fn guest_close_with_unread_host_data_delivers_everything_before_rst() {
+    let mut g = Guest::new(256, 4096);
+    let (mut s, hp) = host_connect(&mut g, 61, true).expect("connected");
+    // The host does not read yet: its socket buffer fills and the device buffers the rest.
+    let data = pattern(7, 400 * 1024);
+    for chunk in data.chunks(16 * 1024) {
+        g.send(
+            Header {
+                len: chunk.len() as u32,
+                ..g.hdr(61, hp, OP_RW)
+            },
+            chunk,
+        );
+    }
+    // The guest closes both directions right after its last byte (what close() does).
+    g.send(
+        Header {
+            flags: SHUTDOWN_SEND | SHUTDOWN_RCV,
+            ..g.hdr(61, hp, OP_SHUTDOWN)
+        },
+        &[],
+    );
+    assert!(
+        !g.recv().iter().any(|(h, _)| h.op == OP_RST),
+        "no RST while guest data is still waiting for the host"
+    );
+    assert_eq!(
+        g.dev.conn_count(),
+        1,
+        "the closing stream lives until flushed"
+    );
+    s.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let start = Instant::now();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => g.pump_host(10),
+            Err(e) => panic!("host read: {e}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no EOF");
+    }
+    assert_eq!(got.len(), data.len(), "every guest byte reached the host");
+    assert!(got == data, "in order and intact");
+    let pk = g.recv();
+    assert_eq!(pk.last().map(|p| p.0.op), Some(OP_RST), "{pk:?}");
+    assert_eq!(g.dev.conn_count(), 0);
+}
