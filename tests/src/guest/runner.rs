@@ -468,6 +468,25 @@ fn monitor_query(socket: &Path, command: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The lines of a saved stall state worth reading first: each register sample's RIP/RFLAGS/
+/// CPL line and CR3, the first instructions at RIP, and the local APIC's timer, ISR and IRR.
+pub fn stall_summary(text: &str) -> Vec<String> {
+    let mut insns = 0;
+    text.lines()
+        .map(|l| l.trim_end())
+        .filter(|l| {
+            if l.starts_with("0x") {
+                insns += 1;
+                return insns <= 6;
+            }
+            ["RIP=", "CR0=", "Timer", "ISR", "IRR"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 /// A guest whose console stayed silent for longer than its silence limit: it was killed.
 /// The error of [`RunningGuest::finish`] carries it (`err.downcast_ref::<Stalled>()`), so
 /// a runner can tell a stalled boot from a failed one.
@@ -577,8 +596,12 @@ impl RunningGuest {
         text.push_str(&monitor_query(m, "info registers"));
         text.push_str(&monitor_query(m, "info lapic"));
         let path = self.log.with_extension("stall-regs.txt");
-        if std::fs::write(&path, text).is_ok() {
+        if std::fs::write(&path, &text).is_ok() {
             eprintln!("stalled guest: vCPU state saved in {}", path.display());
+        }
+        // The gist goes to the test output too: a CI log is often all there is to look at.
+        for line in stall_summary(&text) {
+            eprintln!("stalled guest: {line}");
         }
     }
 
@@ -747,6 +770,20 @@ mod tests {
             .spawn()
             .expect("sh");
         (child, dir, log, vmm)
+    }
+
+    /// The stall gist printed to the test output keeps the lines that tell where the CPU is.
+    #[test]
+    fn stall_summary_keeps_registers_code_and_lapic() {
+        let text = "(qemu) info registers\nCPU#0\nRAX=0 RBX=0\nRIP=ffffffff81000000 RFL=00000002 \
+            [-------] CPL=0 II=0 A20=1 SMM=0 HLT=0\nCR0=80050033 CR2=0 CR3=1000 CR4=0\n\
+            0xffffffff81000000:  pause\n0xffffffff81000002:  jmp 0xffffffff81000000\n\
+            Timer\t DCR=0x3 initial_count = 1 current_count = 0\nISR\t (none)\nIRR\t 236\n";
+        let s = stall_summary(text);
+        assert_eq!(s.len(), 7, "{s:?}");
+        assert!(s[0].starts_with("RIP=ffffffff81000000"));
+        assert!(s[2].ends_with("pause"));
+        assert_eq!(s[6], "IRR\t 236");
     }
 
     /// A console that stops printing ends the run early as `Stalled`, long before the
