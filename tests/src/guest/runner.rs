@@ -73,6 +73,8 @@ pub struct GuestRunner {
     pub(crate) silence_limit: Option<Duration>,
     shell: bool,
     reconnect_ms: Option<u32>,
+    /// Emulated CPUs (`-smp`).
+    pub(crate) cpus: u32,
 }
 
 impl GuestRunner {
@@ -101,6 +103,7 @@ impl GuestRunner {
             silence_limit: None,
             shell: false,
             reconnect_ms: None,
+            cpus: 1,
         }
     }
 
@@ -279,7 +282,8 @@ impl GuestRunner {
         let qemu = tool("qemu-system-x86_64")?;
         let m = self.memory_mb;
         let mut cmd = Command::new(qemu);
-        cmd.args(["-M", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1"])
+        cmd.args(["-M", "q35", "-accel", "tcg", "-cpu", "max"])
+            .args(["-smp", &self.cpus.to_string()])
             .args(["-m", &format!("{m}M")])
             .args([
                 "-nodefaults",
