@@ -89,7 +89,9 @@ pub fn run_opened(
         jail: Some(jail),
         supervised: false,
     };
-    dev.serve(endpoint, opts)
+    let r = dev.serve(endpoint, opts);
+    crate::terminal::restore();
+    r
 }
 
 /// Looks a kind up by name, with an error listing the known kinds.

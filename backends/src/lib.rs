@@ -18,6 +18,7 @@ pub mod serve;
 pub mod served;
 pub mod signals;
 pub mod supervisor;
+pub mod terminal;
 pub mod virtio;
 
 pub use connection::{Connection, ConnectionArgs, Endpoint};

@@ -47,6 +47,7 @@ pub fn exit_on_termination<F: FnOnce() + Send + 'static>(
             }
             log::info!("{name}: signal {sig}, exiting");
             cleanup();
+            crate::terminal::restore();
             std::process::exit(0);
         })?;
     Ok(())

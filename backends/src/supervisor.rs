@@ -113,6 +113,13 @@ impl Running {
 /// Runs the devices until they all exit or a termination signal arrives; an error when a
 /// device could not be started or one of them failed.
 pub fn run_devices(requests: Vec<DeviceRequest>, opts: DevicesOptions) -> anyhow::Result<()> {
+    let r = supervise_devices(requests, opts);
+    // A `--serial ...,stdin` terminal gets its settings back however the tree ended.
+    crate::terminal::restore();
+    r
+}
+
+fn supervise_devices(requests: Vec<DeviceRequest>, opts: DevicesOptions) -> anyhow::Result<()> {
     if requests.is_empty() {
         anyhow::bail!("no device given; use e.g. --rng vhost=/tmp/rng.sock");
     }

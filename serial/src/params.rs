@@ -235,10 +235,15 @@ pub fn open(p: &SerialParams) -> anyhow::Result<Opened> {
         OutputType::Sink => Output::Sink,
     };
     if p.stdin {
-        input = Some(Input::Stream(ctx(
-            "dup stdin".into(),
-            io::stdin().as_fd().try_clone_to_owned(),
-        )?));
+        let fd = ctx("dup stdin".into(), io::stdin().as_fd().try_clone_to_owned())?;
+        // A terminal passes every key to the guest as typed until this process ends.
+        if ctx(
+            "raw mode for stdin".into(),
+            cordon_backends::terminal::raw_input(0),
+        )? {
+            log::info!("serial: stdin is a terminal: raw input until exit");
+        }
+        input = Some(Input::Stream(fd));
     } else if let Some(path) = &p.input {
         let f = ctx(format!("open input {}", path.display()), File::open(path))?;
         let regular = ctx("stat input".into(), f.metadata())?.is_file();

@@ -220,3 +220,73 @@ fn config_space_reports_the_terminal_size() {
     assert_eq!(u16::from_le_bytes([cfg[0], cfg[1]]), 100);
     assert_eq!(u16::from_le_bytes([cfg[2], cfg[3]]), 40);
 }
+
+/// `c_lflag` of the pty whose master is `fd` (Linux reports the slave's settings).
+fn pty_lflag(fd: i32) -> libc::tcflag_t {
+    // SAFETY: plain data filled by tcgetattr.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is a pty master and `t` a valid termios.
+    assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
+    t.c_lflag
+}
+
+#[test]
+fn a_terminal_on_stdin_is_raw_while_serving_and_restored_after() {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty with valid out-pointers and no name/termios/winsize.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: both fds were just returned by openpty and are ours.
+    let (mut master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    let before = pty_lflag(master.as_raw_fd());
+    assert_ne!(before & libc::ICANON, 0, "a fresh pty is line-buffered");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let out = dir.path().join("out.log");
+    let mut d = spawn(
+        &[
+            "--socket-path",
+            sock.to_str().unwrap(),
+            "--stdin",
+            "--output-file",
+            out.to_str().unwrap(),
+        ],
+        Stdio::from(slave.try_clone().unwrap()),
+        Stdio::null(),
+    );
+    let mut drv = connect(&sock);
+    let raw = pty_lflag(master.as_raw_fd());
+    assert_eq!(
+        raw & (libc::ICANON | libc::ECHO | libc::ISIG),
+        0,
+        "raw input while serving"
+    );
+    // A key reaches the guest at once, without a newline, and ^C is a byte, not a signal.
+    master.write_all(b"q\x03").unwrap();
+    assert_eq!(receive(&mut drv, 2), b"q\x03");
+    drop(drv);
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) }, 0);
+    let status = d.0.wait().unwrap();
+    assert!(status.success(), "serial-device exited {status}");
+    assert_eq!(
+        pty_lflag(master.as_raw_fd()),
+        before,
+        "terminal settings restored at exit"
+    );
+    drop(slave);
+}

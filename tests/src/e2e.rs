@@ -58,25 +58,43 @@ wait_sockets() {
 /// `$CORDON_DIR/disk.img`; sockets `$R/{blk,net,rng,vsock,con}.sock`. Waits until they
 /// listen.
 pub fn start_devices(block: bool) -> String {
+    start_devices_with(block, false)
+}
+
+/// [`start_devices`]; with `terminal`, a second console (`$R/tty.sock`) is served from the
+/// script's own terminal (`type=stdout,stdin`: the serial backend puts it in raw mode), for
+/// the guest's interactive shell, and the tree's stdin/stdout stay on that terminal.
+pub fn start_devices_with(block: bool, terminal: bool) -> String {
     let blk = if block {
         "--block vhost=$R/blk.sock,path=$CORDON_DIR/disk.img,id=cordon-disk "
     } else {
         ""
     };
-    let wait = if block {
-        "blk rng vsock net con"
+    let mut wait = if block {
+        "blk rng vsock net con".to_string()
     } else {
-        "rng vsock net con"
+        "rng vsock net con".to_string()
     };
+    let (tty, redirect) = if terminal {
+        wait.push_str(" tty");
+        (
+            " \\\n  --serial vhost=$R/tty.sock,type=stdout,stdin,hardware=virtio-console,console",
+            // An asynchronous command's stdin is /dev/null unless redirected from a saved fd.
+            "2> $R/devices.log <&4",
+        )
+    } else {
+        ("", "> $R/devices.log 2>&1")
+    };
+    let save_stdin = if terminal { "exec 4<&0\n" } else { "" };
     format!(
         r#"for s in {wait}; do rm -f $R/$s.sock; done
 [ -p $R/con.in ] || mkfifo $R/con.in; exec 3<>$R/con.in; : > $R/con.out
-cordon devices {blk}\
+{save_stdin}cordon devices {blk}\
   --rng vhost=$R/rng.sock \
   --vsock vhost=$R/vsock.sock,cid=3,uds-path=$R/vsock \
   --net vhost=$R/net.sock,tap-name=cordon0,host-ip={HOST_IP},netmask=255.255.255.0 \
-  --serial vhost=$R/con.sock,type=file,path=$R/con.out,input=$R/con.in,hardware=virtio-console \
-  > $R/devices.log 2>&1 &
+  --serial vhost=$R/con.sock,type=file,path=$R/con.out,input=$R/con.in,hardware=virtio-console{tty} \
+  {redirect} &
 devices=$!
 wait_sockets {wait}
 "#
@@ -130,15 +148,16 @@ cat $R/peers.log
 sed 's/^/L1-DEVICES /' $R/devices.log
 exit $rc"#;
 
-/// The L1 (or host) script of the end-to-end run; `interactive`: `cordon run` forwards its
-/// stdin (the terminal) to the guest's serial console.
+/// The L1 (or host) script of the end-to-end run; `interactive`: a second virtio-console,
+/// served by a jailed serial backend from the script's terminal, carries the guest's shell.
 fn script(interactive: bool) -> String {
     let mut run = cordon_run("\"$L2_CMDLINE\"");
     if interactive {
-        run = run.replace("--no-console-input ", "");
+        // The shell's console: a second virtio-console, after the checks' (hvc0), so hvc1.
+        run.push_str(" \\\n  --vhost-user type=console,socket=$R/tty.sock");
     }
     let inner = INNER
-        .replace("__START_DEVICES__", &start_devices(true))
+        .replace("__START_DEVICES__", &start_devices_with(true, interactive))
         .replace("__CORDON_RUN__", &run);
     in_netns(&inner, &format!("VSOCK_HOST_LEN={VSOCK_HOST_LEN}"))
 }
@@ -253,8 +272,9 @@ pub fn run_full_stack(name: &str) -> Result<Outcome> {
 }
 
 /// Like [`run_full_stack`]; `interactive` puts the console on this process's terminal and,
-/// after its checks and a readable summary, the guest gives the user a shell on its serial
-/// console (keyboard input goes through `cordon run`); leaving the shell ends the run.
+/// after its checks and a readable summary, the guest gives the user a shell on a
+/// virtio-console (`/dev/hvc1`) whose backend, a jailed `cordon devices` child, reads the
+/// terminal; leaving the shell ends the run.
 pub fn run_full_stack_with(name: &str, interactive: bool) -> Result<Outcome> {
     let dir = tempfile::tempdir()?;
     let disk = dir.path().join("disk.img");
@@ -268,7 +288,7 @@ pub fn run_full_stack_with(name: &str, interactive: bool) -> Result<Outcome> {
         .l2_checks(&guest_checks())
         .allow_failures();
     if interactive {
-        runner = runner.interactive();
+        runner = runner.interactive("hvc1");
     }
     let mode = runner.current_mode();
     let results = runner.run()?;

@@ -1,7 +1,8 @@
 //! Issue 7 §1, the demo's interactive path: `cordon-demo` on a terminal (a pty this test
 //! owns, CI unset) boots the full stack; the guest prints what it found and gives a shell on
-//! its console. The test types a command into the pty and sees its output, then `exit` ends
-//! the guest and the demo exits 0 (every device worked). The non-interactive path
+//! a virtio-console (`/dev/hvc1`, served by a jailed serial backend reading the terminal). The
+//! test types a command into the pty and sees its output, then `exit` ends the guest and the
+//! demo exits 0 (every device worked). The non-interactive path
 //! (`--check`, CI=true) is `e2e_full_stack`.
 
 use cordon_tests::guest::console::{logs_dir, tail};
@@ -123,9 +124,11 @@ fn demo_on_a_terminal_gives_a_shell_in_the_guest() {
         "the guest's summary is missing or shows failures:\n{}",
         tail(&text)
     );
-    // A command typed on the terminal runs in the guest: the shell computes 6*7.
+    // A command typed on the terminal runs in the guest: the shell computes 6*7, and its
+    // terminal is the second virtio-console, served by the jailed serial backend `serial-1`
+    // that reads this terminal (not the VMM's 16550).
     keyboard
-        .write_all(b"echo $((6*7))-from-the-guest-shell; uname -r\r")
+        .write_all(b"echo $((6*7))-from-the-guest-shell; uname -r; echo on-$(tty)\r")
         .expect("typing");
     screen.wait_for(
         "42-from-the-guest-shell",
@@ -133,6 +136,7 @@ fn demo_on_a_terminal_gives_a_shell_in_the_guest() {
         &mut child,
     );
     screen.wait_for("cloud-amd64", Duration::from_secs(60), &mut child);
+    screen.wait_for("on-/dev/hvc1", Duration::from_secs(60), &mut child);
     keyboard.write_all(b"exit\r").expect("typing");
 
     let until = Instant::now() + Duration::from_secs(300);

@@ -51,12 +51,13 @@ if [ -f /cordon/run.sh ]; then
   echo "CORDON-SCRIPT-DONE rc=$?"
   poweroff -f
 fi
-if grep -q 'cordon.shell=1' /proc/cmdline; then
+tty=$(sed -n 's/.*cordon[.]shell=\([a-zA-Z0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$tty" ]; then
   # Interactive (the demo on a terminal): the checks, a readable summary, then a shell on
-  # the serial console; leaving the shell ends the guest.
+  # /dev/$tty (the serial console, or a virtio-console); leaving the shell ends the guest.
   /bin/cordon-guest-agent --summary
-  echo "CORDON-SHELL-READY a shell on this guest's console; 'exit' ends the guest"
-  PS1='cordon-guest# ' setsid -c sh -i </dev/ttyS0 >/dev/ttyS0 2>&1
+  echo "CORDON-SHELL-READY a shell on this guest's /dev/$tty; 'exit' ends the guest"
+  PS1='cordon-guest# ' setsid -c sh -i </dev/$tty >/dev/$tty 2>&1
   sync
   if grep -q 'cordon.exit=reboot' /proc/cmdline; then reboot -f; else poweroff -f; fi
 fi
@@ -64,7 +65,7 @@ exec /bin/cordon-guest-agent --poweroff
 "#;
 
 /// Bumped when the initramfs layout changes (part of the cache key).
-const LAYOUT_VERSION: &str = "2";
+const LAYOUT_VERSION: &str = "3";
 
 /// Everything a guest boot needs, cached on disk.
 #[derive(Debug, Clone)]

@@ -122,6 +122,7 @@ pub struct NestedRunner {
     name: Option<String>,
     allow_failures: bool,
     interactive: bool,
+    shell_tty: String,
     extra_plans: Vec<(String, String, Vec<Check>)>,
     host_bins: Vec<PathBuf>,
 }
@@ -146,6 +147,7 @@ impl NestedRunner {
             name: None,
             allow_failures: false,
             interactive: false,
+            shell_tty: "ttyS0".into(),
             extra_plans: Vec::new(),
             host_bins: Vec::new(),
         })
@@ -264,12 +266,13 @@ impl NestedRunner {
     }
 
     /// Interactive run (the demo on a terminal): L1's console is this process's terminal
-    /// (nested mode; in direct mode the script inherits the terminal), L2 gives a shell on its
-    /// serial console after its checks (`cordon.shell=1`), and there is no time limit. The
-    /// script must forward its stdin to L2's serial console (`cordon run` without
-    /// `--no-console-input`).
-    pub fn interactive(mut self) -> Self {
+    /// (nested mode; in direct mode the script inherits the terminal), L2 gives a shell on
+    /// `/dev/<tty>` after its checks (`cordon.shell=<tty>`), and there is no time limit. The
+    /// script must connect its stdin to that console: for `ttyS0`, `cordon run` without
+    /// `--no-console-input`; for a virtio-console, a serial backend with `stdin`.
+    pub fn interactive(mut self, tty: &str) -> Self {
         self.interactive = true;
+        self.shell_tty = tty.into();
         self.timeout = Duration::from_secs(365 * 24 * 3600);
         self
     }
@@ -277,7 +280,7 @@ impl NestedRunner {
     fn header(&self, dir: &str, kernel: &str, initrd: &str) -> Result<String> {
         let mut l2 = GuestRunner::tcg().checks(&self.l2_checks);
         if self.interactive {
-            l2 = l2.shell();
+            l2 = l2.shell_on(&self.shell_tty);
         }
         let cmdline = l2.cmdline_with("l2", L2_EXIT)?;
         let mut h = format!(

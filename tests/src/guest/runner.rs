@@ -71,7 +71,7 @@ pub struct GuestRunner {
     pub(crate) terminal: bool,
     /// Kill the guest as [`Stalled`] when its console stays silent this long.
     pub(crate) silence_limit: Option<Duration>,
-    shell: bool,
+    shell: Option<String>,
     reconnect_ms: Option<u32>,
     /// Emulated CPUs (`-smp`).
     pub(crate) cpus: u32,
@@ -101,7 +101,7 @@ impl GuestRunner {
             exact_name: false,
             terminal: false,
             silence_limit: None,
-            shell: false,
+            shell: None,
             reconnect_ms: None,
             cpus: 1,
         }
@@ -229,9 +229,15 @@ impl GuestRunner {
     }
 
     /// After its checks, the guest prints a readable summary and gives a shell on its serial
-    /// console (`cordon.shell=1`); leaving the shell ends the guest.
-    pub fn shell(mut self) -> Self {
-        self.shell = true;
+    /// console (`cordon.shell=ttyS0`); leaving the shell ends the guest.
+    pub fn shell(self) -> Self {
+        self.shell_on("ttyS0")
+    }
+
+    /// Like [`GuestRunner::shell`], with the shell on the guest's `/dev/<tty>` (e.g. `hvc1`,
+    /// a virtio-console). Only letters and digits are kept from `tty`.
+    pub fn shell_on(mut self, tty: &str) -> Self {
+        self.shell = Some(tty.chars().filter(|c| c.is_ascii_alphanumeric()).collect());
         self
     }
 
@@ -258,8 +264,8 @@ impl GuestRunner {
     /// through the i8042 when done).
     pub(crate) fn cmdline_with(&self, vm: &str, exit: &str) -> Result<String> {
         let mut s = format!("console=ttyS0 quiet {exit} panic=-1 cordon.vm={vm}");
-        if self.shell {
-            s.push_str(" cordon.shell=1");
+        if let Some(tty) = &self.shell {
+            s.push_str(&format!(" cordon.shell={tty}"));
         }
         if let Some(t) = self.check_timeout {
             s.push_str(&format!(" cordon.timeout={t}"));
