@@ -286,6 +286,24 @@ pub fn pss_kib(pid: u32) -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other(format!("no Pss for pid {pid}")))
 }
 
+/// Anonymous (private, not file-backed) memory of process `pid` in KiB: its heap, stacks and
+/// written data, the part no other process or the page cache shares.
+pub fn anon_kib(pid: u32) -> std::io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no Anonymous for pid {pid}")))
+}
+
+/// Anonymous memory ([`anon_kib`]) of the process serving the socket: the last of `pid`'s
+/// process tree.
+pub fn server_anon_kib(pid: u32) -> std::io::Result<u64> {
+    let tree = process_tree(pid);
+    anon_kib(*tree.last().unwrap_or(&pid))
+}
+
 /// `pid` and all its descendants, parents first.
 pub fn process_tree(pid: u32) -> Vec<u32> {
     let mut all: Vec<(u32, u32)> = Vec::new();

@@ -132,16 +132,17 @@ fn main() -> Result<()> {
     };
     let report = Report::parse(&console, &cfg)?;
     let where_ = match mode {
-        cordon_tests::guest::GuestMode::Nested => {
+        cordon_tests::guest::GuestMode::Nested => format!(
             "**nested**: this host's `/dev/kvm` is PVM, so an L1 Linux runs under QEMU TCG \
-             (one emulated vCPU, `-cpu max` with SVM, 2 GiB) and `cordon run` boots the guest \
-             (L2) with KVM inside it. Every backend, qemu-storage-daemon, the host-side peers \
-             and the VMM share that one emulated L1 CPU, which itself runs on a loaded 2-core \
+             ({} emulated vCPU(s), `-cpu max` with SVM, 2 GiB) and `cordon run` boots the \
+             guest (L2) with KVM inside it. Every backend, qemu-storage-daemon, the host-side \
+             peers and the VMM share those emulated L1 CPUs, which themselves run on a 2-core \
              host. Absolute figures are therefore far below what the same code does on real \
-             KVM; only the side-by-side comparison within this run is meaningful."
-        }
+             KVM; only the side-by-side comparison within this run is meaningful.",
+            cordon_tests::guest::l1_cpus()
+        ),
         cordon_tests::guest::GuestMode::Direct => {
-            "**direct**: `cordon run` ran on this host's KVM."
+            "**direct**: `cordon run` ran on this host's KVM.".to_string()
         }
     };
     let conditions = format!(

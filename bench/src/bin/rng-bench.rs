@@ -161,6 +161,10 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let idle_c = backend_memory(cordon.0.id())?;
     let idle_p = backend_memory(peer.0.id())?;
+    let mut anon = vec![(
+        cordon_bench::block::server_anon_kib(cordon.0.id())?,
+        cordon_bench::block::server_anon_kib(peer.0.id())?,
+    )];
     rows.push(("idle, listening", idle_c, idle_p));
     drive(&cs).context("drive rng-device")?;
     drive(&ps).context("drive vhost-device-rng")?;
@@ -172,6 +176,14 @@ fn main() -> anyhow::Result<()> {
     } else {
         (0, 0, 0)
     };
+    anon.push((
+        cordon_bench::block::server_anon_kib(cordon.0.id())?,
+        if peer_alive {
+            cordon_bench::block::server_anon_kib(peer.0.id())?
+        } else {
+            0
+        },
+    ));
     rows.push((
         "idle, after serving 4 MiB to one frontend",
         after_c,
@@ -208,17 +220,18 @@ fn main() -> anyhow::Result<()> {
         }
     ));
     md.push_str(
-        "| state | rng-device: RSS of the serving process (MiB) | rng-device: PSS of its tree (MiB) | processes | vhost-device-rng RSS (MiB) | vhost-device-rng PSS (MiB) |\n|---|---:|---:|---:|---:|---:|\n",
+        "| state | rng-device: RSS of the serving process (MiB) | rng-device: its anonymous memory (MiB) | rng-device: PSS of its tree (MiB) | processes | vhost-device-rng RSS (MiB) | vhost-device-rng anonymous (MiB) | vhost-device-rng PSS (MiB) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for (state, c, p) in &rows {
+    for ((state, c, p), (ca, pa)) in rows.iter().zip(&anon) {
         let peer_cols = if p.2 == 0 {
-            "exited after the disconnect | — ".to_string()
+            "exited after the disconnect | — | — ".to_string()
         } else {
-            format!("{:.1} | {:.1}", mib(p.0), mib(p.1))
+            format!("{:.1} | {:.2} | {:.1}", mib(p.0), mib(*pa), mib(p.1))
         };
         md.push_str(&format!(
-            "| {state} | {:.1} | {:.1} | {} | {peer_cols} |\n",
+            "| {state} | {:.1} | {:.2} | {:.1} | {} | {peer_cols} |\n",
             mib(c.0),
+            mib(*ca),
             mib(c.1),
             c.2
         ));
@@ -227,10 +240,14 @@ fn main() -> anyhow::Result<()> {
         "\nSum of VmRSS over rng-device's whole tree after serving (shared pages counted once per \
          process, so an overestimate): {:.1} MiB.\n\nRatio (idle, listening): rng-device serving \
          process RSS / vhost-device-rng RSS = {:.2}; PSS of the whole tree / vhost-device-rng \
-         PSS = {:.2}. Target: ≤ 0.5.\n",
+         PSS = {:.2}; serving process anonymous memory / vhost-device-rng's = {:.2}. Target: \
+         ≤ 0.5 for RSS. *Anonymous* is the process's own heap, stacks and written data (smaps \
+         `Anonymous`): the memory each further instance adds; the rest of RSS is file pages \
+         (binary, libc) shared through the page cache.\n",
         mib(tree_rss),
         idle_c.0 as f64 / idle_p.0.max(1) as f64,
         idle_c.1 as f64 / idle_p.1.max(1) as f64,
+        anon[0].0 as f64 / anon[0].1.max(1) as f64,
     ));
     if let Some(parent) = a.out.parent() {
         std::fs::create_dir_all(parent)?;

@@ -20,5 +20,5 @@ pub mod tools;
 pub use assets::{assets, GuestAssets};
 pub use backend::{cordon_bin, BackendProcess, JailFacts};
 pub use check::{hex, unhex, Check, CheckResult};
-pub use nested::{GuestMode, NestedRunner};
+pub use nested::{l1_cpus, GuestMode, NestedRunner};
 pub use runner::{GuestRunner, Results, RunningGuest, Stalled};

@@ -66,6 +66,15 @@ pub const NESTED_SILENCE: Duration = Duration::from_secs(120);
 /// 43 s, L2 at init after 7.6 s of uptime instead of 14.5 s.
 pub const L1_CPUS: u32 = 2;
 
+/// CPUs the TCG L1 gets: [`L1_CPUS`], or `CORDON_L1_CPUS`.
+pub fn l1_cpus() -> u32 {
+    std::env::var("CORDON_L1_CPUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(L1_CPUS)
+}
+
 /// Boots a nested run gets when it stalls: the first and up to two more.
 pub const NESTED_ATTEMPTS: usize = 3;
 
@@ -378,10 +387,7 @@ impl NestedRunner {
         g.terminal = self.interactive;
         g.exact_name = true;
         g.vm = "l1".into();
-        g.cpus = std::env::var("CORDON_L1_CPUS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(L1_CPUS);
+        g.cpus = l1_cpus();
         g.also_expect = self.l2_expected();
         g.required_lines = vec!["CORDON-SCRIPT-DONE rc=0".into()];
         // A user at the terminal may think for as long as they like.
