@@ -7,7 +7,7 @@
 //! with [`restore`] when it ends; jailed children never touch the terminal again.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 /// Terminals put into raw mode by this process, with the settings to restore.
@@ -41,6 +41,26 @@ pub fn raw_input(fd: RawFd) -> io::Result<bool> {
     Ok(true)
 }
 
+/// A new pseudo-terminal pair: (master, slave). For tests and tools that need a terminal.
+pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (mut m, mut s) = (-1, -1);
+    // SAFETY: openpty writes two descriptors; the name, termios and winsize may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openpty succeeded: both descriptors are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) })
+}
+
 /// Puts back the settings of every terminal [`raw_input`] changed. Safe to call more than
 /// once, and when nothing was changed.
 pub fn restore() {
@@ -54,23 +74,10 @@ pub fn restore() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
 
     fn pty() -> (OwnedFd, OwnedFd) {
-        let (mut m, mut s) = (-1, -1);
-        // SAFETY: openpty writes two descriptors; the optional pointers may be null.
-        let r = unsafe {
-            libc::openpty(
-                &mut m,
-                &mut s,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(r, 0, "openpty: {}", io::Error::last_os_error());
-        // SAFETY: both descriptors are new and ours.
-        unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
+        openpty().expect("openpty")
     }
 
     fn lflag(fd: RawFd) -> libc::tcflag_t {

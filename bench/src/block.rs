@@ -276,25 +276,25 @@ pub fn rss_kib(pid: u32) -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other(format!("no VmRSS for pid {pid}")))
 }
 
-/// Proportional set size of process `pid` in KiB (shared pages split between sharers).
-pub fn pss_kib(pid: u32) -> std::io::Result<u64> {
+/// Field `field` (e.g. `Pss`) of `/proc/<pid>/smaps_rollup`, in KiB.
+fn smaps_rollup_kib(pid: u32, field: &str) -> std::io::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
     s.lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no Pss for pid {pid}")))
+        .ok_or_else(|| std::io::Error::other(format!("no {field} for pid {pid}")))
+}
+
+/// Proportional set size of process `pid` in KiB (shared pages split between sharers).
+pub fn pss_kib(pid: u32) -> std::io::Result<u64> {
+    smaps_rollup_kib(pid, "Pss")
 }
 
 /// Anonymous (private, not file-backed) memory of process `pid` in KiB: its heap, stacks and
 /// written data, the part no other process or the page cache shares.
 pub fn anon_kib(pid: u32) -> std::io::Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("Anonymous:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no Anonymous for pid {pid}")))
+    smaps_rollup_kib(pid, "Anonymous")
 }
 
 /// Anonymous memory ([`anon_kib`]) of the process serving the socket: the last of `pid`'s

@@ -229,26 +229,8 @@ fn jailed_vmm_logs_to_a_terminal() {
     let mut code = print(b"TTY\n");
     code.extend_from_slice(RESET);
     let k = write_kernel(d.path(), &code);
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: openpty writes two fds into the given ints; the other pointers may be null.
-    let r = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0, "openpty");
-    use std::os::fd::FromRawFd;
-    // SAFETY: both fds were just created by openpty and are owned here only.
-    let (master, slave) = unsafe {
-        (
-            std::fs::File::from_raw_fd(master),
-            std::os::fd::OwnedFd::from_raw_fd(slave),
-        )
-    };
+    let (master, slave) = cordon_backends::terminal::openpty().expect("openpty");
+    let master = std::fs::File::from(master);
     let reader = std::thread::spawn(move || {
         let mut m = master;
         let mut all = Vec::new();

@@ -1,6 +1,7 @@
 //! The real, jailed `serial-device` binary driven through the vhost-user frontend library.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -179,19 +180,7 @@ fn bad_port_parameters_are_named() {
 
 #[test]
 fn config_space_reports_the_terminal_size() {
-    use std::os::fd::FromRawFd;
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: openpty with valid out-pointers and no name/termios/winsize.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty");
+    let (master, slave) = pty();
     let ws = libc::winsize {
         ws_row: 40,
         ws_col: 100,
@@ -199,14 +188,10 @@ fn config_space_reports_the_terminal_size() {
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ reads one winsize.
-    assert_eq!(unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) }, 0);
-    // SAFETY: both fds were just returned by openpty and are ours.
-    let (_master, slave) = unsafe {
-        (
-            std::fs::File::from_raw_fd(master),
-            std::fs::File::from_raw_fd(slave),
-        )
-    };
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("s.sock");
     let _d = spawn(
@@ -221,6 +206,12 @@ fn config_space_reports_the_terminal_size() {
     assert_eq!(u16::from_le_bytes([cfg[2], cfg[3]]), 40);
 }
 
+/// A pty pair as files: (master, slave).
+fn pty() -> (std::fs::File, std::fs::File) {
+    let (m, s) = cordon_backends::terminal::openpty().expect("openpty");
+    (std::fs::File::from(m), std::fs::File::from(s))
+}
+
 /// `c_lflag` of the pty whose master is `fd` (Linux reports the slave's settings).
 fn pty_lflag(fd: i32) -> libc::tcflag_t {
     // SAFETY: plain data filled by tcgetattr.
@@ -232,26 +223,7 @@ fn pty_lflag(fd: i32) -> libc::tcflag_t {
 
 #[test]
 fn a_terminal_on_stdin_is_raw_while_serving_and_restored_after() {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: openpty with valid out-pointers and no name/termios/winsize.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty");
-    // SAFETY: both fds were just returned by openpty and are ours.
-    let (mut master, slave) = unsafe {
-        (
-            std::fs::File::from_raw_fd(master),
-            std::fs::File::from_raw_fd(slave),
-        )
-    };
+    let (mut master, slave) = pty();
     let before = pty_lflag(master.as_raw_fd());
     assert_ne!(before & libc::ICANON, 0, "a fresh pty is line-buffered");
     let dir = tempfile::tempdir().unwrap();

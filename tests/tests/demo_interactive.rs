@@ -8,31 +8,13 @@
 use cordon_tests::guest::console::{logs_dir, tail};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A new pty: (master, slave).
-fn openpty() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let (mut m, mut s) = (-1, -1);
-    // SAFETY: openpty writes two descriptors; the name, termios and winsize pointers may be null.
-    let r = unsafe {
-        libc::openpty(
-            &mut m,
-            &mut s,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: openpty succeeded: both descriptors are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) })
-}
+use cordon_backends::terminal::openpty;
 
 struct Screen {
     text: Arc<Mutex<Vec<u8>>>,
