@@ -31,7 +31,8 @@ pub struct RunArgs {
     /// Number of vCPUs (1..=32).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u8,
-    /// Do not forward stdin to the guest's serial console.
+    /// Do not forward stdin to the guest's serial console (implied when a `--serial ...,stdin`
+    /// virtio-console reads it).
     #[arg(long)]
     pub no_console_input: bool,
     /// A virtio-pci device served by a vhost-user backend, crosvm's form:
@@ -113,6 +114,18 @@ pub fn parse_vhost_user(s: &str) -> Result<VhostUserOpt> {
 
 /// The backends to start for the convenience flags, in a fixed order (block, rng,
 /// serial/console, net, vsock).
+/// Whether a `--serial` console reads stdin: then it, not the 16550, gets the keyboard.
+pub fn serial_reads_stdin(a: &RunArgs) -> Result<bool> {
+    for o in &a.serial {
+        let mut kv = cordon_backends::KeyValues::parse("--serial", o)?;
+        if kv.take_bool("stdin")?.unwrap_or(false) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The backend requests of the convenience flags (`--block`, `--rng`, `--serial`, ...).
 pub fn backend_requests(a: &RunArgs) -> Result<Vec<Request>> {
     let mut r = Vec::new();
     for o in &a.block {
@@ -180,6 +193,11 @@ pub fn run(a: RunArgs) -> Result<i32> {
         .map(|s| parse_vhost_user(s))
         .collect::<Result<Vec<_>>>()?;
     let requests = backend_requests(&a)?;
+    // Two readers of one terminal would split the keystrokes between them.
+    let serial_stdin = serial_reads_stdin(&a)?;
+    if serial_stdin && !a.no_console_input {
+        log::info!("stdin goes to the --serial virtio-console; the 16550 console is output only");
+    }
     let timeout = std::time::Duration::from_secs(a.backend_timeout);
     // Started before the VM and the jail; stopped (and reaped) when this function returns.
     let mut started = if requests.is_empty() {
@@ -191,7 +209,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
         mem_mib: a.mem,
         cpus: a.cpus,
         console: ConsoleOutput::Stdout,
-        console_input: !a.no_console_input,
+        console_input: !a.no_console_input && !serial_stdin,
     })?;
     for d in &devices {
         vm.add_vhost_user(d.kind, &d.socket, timeout)?;
@@ -248,5 +266,32 @@ mod tests {
         );
         assert!(parse_vhost_user("type=rng").is_err());
         assert!(parse_vhost_user("type=rng,socket=/s,extra=1").is_err());
+    }
+
+    fn args(serial: &[&str]) -> RunArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let mut argv = vec!["run", "--kernel", "/k"];
+        for s in serial {
+            argv.push("--serial");
+            argv.push(s);
+        }
+        Cli::parse_from(argv).run
+    }
+
+    #[test]
+    fn a_serial_console_on_stdin_takes_the_keyboard_from_the_16550() {
+        assert!(!serial_reads_stdin(&args(&[])).unwrap());
+        assert!(!serial_reads_stdin(&args(&["type=stdout"])).unwrap());
+        assert!(serial_reads_stdin(&args(&["type=stdout,stdin"])).unwrap());
+        assert!(
+            serial_reads_stdin(&args(&["type=file,path=/o", "stdin=true,type=stdout"])).unwrap()
+        );
+        assert!(!serial_reads_stdin(&args(&["type=stdout,stdin=false"])).unwrap());
+        assert!(serial_reads_stdin(&args(&["stdin=maybe"])).is_err());
     }
 }
