@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long a stalled guest gets to print again after the monitor poke before it is killed.
+const POKE_GRACE: Duration = Duration::from_secs(30);
+
 /// Default time a whole boot may take (`CORDON_GUEST_TIMEOUT` seconds overrides).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -432,6 +435,7 @@ impl GuestRunner {
             allow_failures: self.allow_failures,
             silence_limit: self.silence_limit,
             monitor: None,
+            poke_grace: POKE_GRACE,
         }
     }
 
@@ -456,6 +460,8 @@ pub struct RunningGuest {
     silence_limit: Option<Duration>,
     /// QEMU's human monitor socket, when the guest has one.
     monitor: Option<PathBuf>,
+    /// How long a silent guest gets after the monitor poke ([`POKE_GRACE`]).
+    poke_grace: Duration,
 }
 
 /// Sends one human-monitor command to QEMU at `socket` and returns what it printed within
@@ -615,6 +621,19 @@ impl RunningGuest {
         }
     }
 
+    /// Pauses and resumes every emulated CPU through QEMU's monitor (`stop`, `cont`): each
+    /// vCPU thread is kicked out of the code it runs. A stalled nested run is poked once this
+    /// way before it is killed, to learn whether the stall survives it. False without a
+    /// monitor.
+    fn poke(&self) -> bool {
+        let Some(m) = &self.monitor else {
+            return false;
+        };
+        monitor_query(m, "stop");
+        monitor_query(m, "cont");
+        true
+    }
+
     /// Kills the guest.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -627,6 +646,8 @@ impl RunningGuest {
     pub fn finish(mut self) -> Result<Results> {
         let mut console_len = 0;
         let mut last_output = Instant::now();
+        // When a silent guest was poked (see `poke`), and how long it had been silent then.
+        let mut poked: Option<(Instant, Duration)> = None;
         let status = loop {
             if let Some(c) = self.child.as_mut() {
                 if let Some(s) = c.try_wait()? {
@@ -642,8 +663,30 @@ impl RunningGuest {
                 if len != console_len {
                     console_len = len;
                     last_output = Instant::now();
+                    if let Some((at, silent)) = poked.take() {
+                        eprintln!(
+                            "NESTED STALL recovered: console output resumed {:.1} s after a \
+                             monitor stop/cont, following {} s of silence",
+                            at.elapsed().as_secs_f64(),
+                            silent.as_secs()
+                        );
+                    }
                 } else if last_output.elapsed() > limit {
-                    self.save_stall_state();
+                    if poked.is_none() {
+                        self.save_stall_state();
+                        if self.poke() {
+                            eprintln!(
+                                "stalled guest: stop/cont through the monitor; waiting {} s for \
+                                 output before the kill",
+                                self.poke_grace.as_secs()
+                            );
+                            poked = Some((Instant::now(), last_output.elapsed()));
+                        }
+                    }
+                    if poked.is_some_and(|(at, _)| at.elapsed() <= self.poke_grace) {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
                     self.kill();
                     let stalled = Stalled {
                         silent: last_output.elapsed(),
@@ -813,6 +856,79 @@ mod tests {
             format!("{err:#}").contains("booting"),
             "console quoted: {err:#}"
         );
+    }
+
+    /// A stand-in for QEMU's monitor on `sock`: records each command; on `cont`, when
+    /// `resume` is given, the "guest" prints again (appends to that console log).
+    fn fake_monitor(
+        sock: PathBuf,
+        resume: Option<PathBuf>,
+    ) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+        use std::io::{BufRead, Write};
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l = std::os::unix::net::UnixListener::bind(&sock).expect("bind monitor");
+        let rec = seen.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let mut line = String::new();
+                let _ = std::io::BufReader::new(&c).read_line(&mut line);
+                let cmd = line.trim().to_string();
+                if cmd == "cont" {
+                    if let Some(log) = &resume {
+                        let mut f = std::fs::OpenOptions::new()
+                            .append(true)
+                            .open(log)
+                            .expect("console");
+                        let _ = f.write_all(b"resumed\n");
+                    }
+                }
+                rec.lock().unwrap().push(cmd);
+            }
+        });
+        seen
+    }
+
+    /// A silent guest is poked (`stop`, `cont`) before the kill; output after the poke lets
+    /// it run on to its normal end.
+    #[test]
+    fn a_stalled_guest_that_prints_after_the_poke_runs_on() {
+        let (child, dir, log, vmm) = silent_child("3");
+        let mon = dir.path().join("mon.sock");
+        let seen = fake_monitor(mon.clone(), Some(log.clone()));
+        let mut g = GuestRunner::tcg().timeout(Duration::from_secs(60));
+        g.silence_limit = Some(Duration::from_millis(700));
+        g.vm = String::new();
+        let mut run = g.running(child, log, vmm);
+        run.monitor = Some(mon);
+        run.poke_grace = Duration::from_secs(20);
+        let r = run.finish().expect("runs to its end after the poke");
+        assert!(r.console.contains("resumed"), "{}", r.console);
+        let seen = seen.lock().unwrap().clone();
+        let stop = seen.iter().position(|c| c == "stop").expect("stop sent");
+        assert_eq!(
+            seen.get(stop + 1).map(String::as_str),
+            Some("cont"),
+            "{seen:?}"
+        );
+    }
+
+    /// A guest still silent when the grace after the poke ends is killed as `Stalled`.
+    #[test]
+    fn a_guest_silent_after_the_poke_is_killed_as_stalled() {
+        let (child, dir, log, vmm) = silent_child("60");
+        let mon = dir.path().join("mon.sock");
+        let seen = fake_monitor(mon.clone(), None);
+        let mut g = GuestRunner::tcg().timeout(Duration::from_secs(60));
+        g.silence_limit = Some(Duration::from_millis(700));
+        g.vm = String::new();
+        let mut run = g.running(child, log, vmm);
+        run.monitor = Some(mon);
+        run.poke_grace = Duration::from_millis(500);
+        let start = Instant::now();
+        let err = run.finish().expect_err("stalled");
+        assert!(err.downcast_ref::<Stalled>().is_some(), "{err:#}");
+        assert!(start.elapsed() < Duration::from_secs(20), "{err:#}");
+        assert!(seen.lock().unwrap().iter().any(|c| c == "cont"));
     }
 
     /// Without a silence limit the same console is only ended by the deadline (a timeout,
