@@ -41,6 +41,18 @@ pub fn raw_input(fd: RawFd) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The local-mode flags (`c_lflag`: ICANON, ECHO, ISIG, ...) of terminal `fd`; for a pty
+/// master, its slave's.
+pub fn local_flags(fd: RawFd) -> io::Result<libc::tcflag_t> {
+    // SAFETY: termios is plain data; tcgetattr fills it.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `t` is a valid termios to write into; a bad fd is an error return.
+    if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(t.c_lflag)
+}
+
 /// A new pseudo-terminal pair: (master, slave). For tests and tools that need a terminal.
 pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
     let (mut m, mut s) = (-1, -1);
@@ -81,11 +93,7 @@ mod tests {
     }
 
     fn lflag(fd: RawFd) -> libc::tcflag_t {
-        // SAFETY: plain data filled by tcgetattr on a terminal.
-        let mut t: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: fd is a pty and `t` valid.
-        assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
-        t.c_lflag
+        local_flags(fd).expect("tcgetattr")
     }
 
     #[test]

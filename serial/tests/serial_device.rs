@@ -214,11 +214,7 @@ fn pty() -> (std::fs::File, std::fs::File) {
 
 /// `c_lflag` of the pty whose master is `fd` (Linux reports the slave's settings).
 fn pty_lflag(fd: i32) -> libc::tcflag_t {
-    // SAFETY: plain data filled by tcgetattr.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: fd is a pty master and `t` a valid termios.
-    assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
-    t.c_lflag
+    cordon_backends::terminal::local_flags(fd).expect("tcgetattr")
 }
 
 #[test]
