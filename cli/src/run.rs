@@ -112,8 +112,6 @@ pub fn parse_vhost_user(s: &str) -> Result<VhostUserOpt> {
     }
 }
 
-/// The backends to start for the convenience flags, in a fixed order (block, rng,
-/// serial/console, net, vsock).
 /// Whether a `--serial` console reads stdin: then it, not the 16550, gets the keyboard.
 pub fn serial_reads_stdin(a: &RunArgs) -> Result<bool> {
     for o in &a.serial {
@@ -125,7 +123,8 @@ pub fn serial_reads_stdin(a: &RunArgs) -> Result<bool> {
     Ok(false)
 }
 
-/// The backend requests of the convenience flags (`--block`, `--rng`, `--serial`, ...).
+/// The backends to start for the convenience flags, in a fixed order (block, rng,
+/// serial/console, net, vsock).
 pub fn backend_requests(a: &RunArgs) -> Result<Vec<Request>> {
     let mut r = Vec::new();
     for o in &a.block {

@@ -69,7 +69,7 @@ pub const L1_CPUS: u32 = 2;
 /// L1 shell (`__DIR__` = `$CORDON_DIR`): a `cordon` wrapper first in `PATH` that runs
 /// `cordon run` pinned to L1's CPU 0. With two TCG CPUs and the VMM free to move, 3 of 6 L2
 /// boots of one `guest-bench` run died of a triple fault (no panic message) during heavy
-/// block I/O; pinned, 0 of 6 (with 1 L1 CPU there were none either). The likely cause is
+/// block I/O; pinned, 0 of 12 in two runs (with 1 L1 CPU there were none either). The likely cause is
 /// KVM's vCPU thread moving between L1 CPUs: KVM then gives the vCPU a new ASID and expects
 /// no flush to be needed, while QEMU's TCG does not model SVM ASIDs. The backends still run
 /// on either CPU.
