@@ -233,14 +233,9 @@ fn jailed_vmm_logs_to_a_terminal() {
     let master = std::fs::File::from(master);
     let reader = std::thread::spawn(move || {
         let mut m = master;
+        // Until the pty's slave side is gone (EIO); what came before is kept.
         let mut all = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = m.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            all.extend_from_slice(&buf[..n]);
-        }
+        let _ = m.read_to_end(&mut all);
         all
     });
     let mut child = cordon()

@@ -122,10 +122,7 @@ impl VsockDevice {
         let muxer = Muxer::new(cfg.guest_cid, &cfg.uds_path)?;
         let reset_timer = TimerFd::new()?;
         // Non-blocking: a read after the timer was disarmed must not stall the worker.
-        // SAFETY: fcntl on the timer fd we just created and own.
-        if unsafe { libc::fcntl(reset_timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        crate::muxer::set_nonblocking(reset_timer.as_raw_fd())?;
         Ok(VsockDevice {
             cfg,
             inner: Mutex::new(Inner {

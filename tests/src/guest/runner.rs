@@ -473,14 +473,9 @@ fn monitor_query(socket: &Path, command: &str) -> String {
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     let _ = s.write_all(format!("{command}\n").as_bytes());
+    // Until the monitor closes or the read times out; either way what came is kept.
     let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
+    let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
 
